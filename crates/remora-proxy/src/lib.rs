@@ -1,0 +1,1 @@
+//! Remora's session-aware HTTP/WebSocket load balancer.
