@@ -1,7 +1,8 @@
 // A `fetch` wrapper that carries session replicas over HTTP:
 // - captures `Session-Replica` from every same-origin response into the store;
-// - marks same-origin requests `Session-Replica-Capable: 1` when it holds a
-//   replica, so a server that does not know the session answers
+// - marks same-origin requests `Session-Replica-Capable: <seq>` when it holds a
+//   replica (`1` when the seq is unknown), so a server that does not know the
+//   session, or knows an older copy, answers
 //   `409` + `Session-Replica-Wanted: 1` (with no side effect) instead of
 //   running the request on an empty session;
 // - answers such a 409 by resending the request once, with the replica.
@@ -34,7 +35,9 @@ export function createFetch(options = {}) {
     const held = store.get();
     // Keep a copy for the one resend before the body is consumed.
     const spare = held ? request.clone() : null;
-    if (held) request.headers.set(CAPABLE_HEADER, '1');
+    // The value tells the server how new our replica is, so a server whose
+    // store holds an older copy of the session asks for ours too.
+    if (held) request.headers.set(CAPABLE_HEADER, held.seq !== null ? String(held.seq) : '1');
     const response = await inner(request);
     store.captureFrom(response);
     if (response.status !== 409 || response.headers.get(WANTED_HEADER) !== '1' || !spare) return response;

@@ -17,6 +17,8 @@ export const SEQ_HEADER = 'Session-Replica-Seq';
 export const CAPABLE_HEADER = 'Session-Replica-Capable';
 /** Response header on a 409: the server wants the replica; resend once with it. */
 export const WANTED_HEADER = 'Session-Replica-Wanted';
+/** Cookie that tells the server, on page navigations, that this browser holds a replica (value: its seq). */
+export const HELD_COOKIE = 'remora_replica_held';
 /** The Bayeux channel on which the server pushes replicas. */
 export const REPLICA_CHANNEL = '/service/ext/session';
 
@@ -56,6 +58,8 @@ export class ReplicaStore {
   #maxLength;
   #listeners = new Set();
   #memory = null;
+  #heldCookie;
+  #document;
 
   /**
    * @param {object} [options]
@@ -63,6 +67,10 @@ export class ReplicaStore {
    * @param {Storage} [options.storage] primary storage (default: sessionStorage, else memory)
    * @param {boolean|Storage} [options.persistent] also keep it in localStorage (or the given storage)
    * @param {number} [options.maxLength] longest replica accepted, in characters
+   * @param {string|false} [options.heldCookie] name of the hint cookie set while a replica is
+   *   held, so the server parks a page navigation for an unknown session until the replica
+   *   arrives (default `remora_replica_held`; false: none)
+   * @param {{cookie: string}} [options.document] where the hint cookie is written (default: document)
    */
   constructor(options = {}) {
     const origin = options.origin ?? globalThis.location?.origin ?? 'default';
@@ -74,6 +82,8 @@ export class ReplicaStore {
       if (extra && extra !== primary) this.#storages.push(extra);
     }
     this.#maxLength = options.maxLength ?? DEFAULT_MAX_LENGTH;
+    this.#heldCookie = options.heldCookie === undefined ? HELD_COOKIE : options.heldCookie;
+    this.#document = options.document ?? globalThis.document ?? null;
   }
 
   /** The held replica as `{replica, seq}`, or null. */
@@ -106,6 +116,7 @@ export class ReplicaStore {
   /** Forgets the replica (e.g. on logout). */
   clear() {
     this.#memory = null;
+    this.#hint(null);
     for (const storage of this.#storages) {
       try { storage.removeItem(this.#key); } catch { /* storage gone: nothing held */ }
     }
@@ -143,5 +154,13 @@ export class ReplicaStore {
       try { storage.setItem(this.#key, text); stored = true; } catch { /* quota or disabled storage */ }
     }
     this.#memory = stored ? null : entry;
+    this.#hint(entry);
+  }
+
+  #hint(entry) {
+    if (!this.#heldCookie || !this.#document) return;
+    const value = entry ? String(entry.seq ?? 1) : '';
+    const age = entry ? '' : '; Max-Age=0';
+    try { this.#document.cookie = `${this.#heldCookie}=${value}; Path=/; SameSite=Lax${age}`; } catch { /* no cookies */ }
   }
 }

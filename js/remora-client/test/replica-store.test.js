@@ -63,3 +63,16 @@ test('onChange fires for accepted replicas only', () => {
   store.offer('x2', 3);
   assert.deepEqual(seen, ['x1']);
 });
+
+test('sets and clears the held hint cookie for page navigations', () => {
+  const doc = { cookie: '' };
+  const store = new ReplicaStore({ origin: 'o', storage: new MemoryStorage(), document: doc });
+  store.offer('h1', 42);
+  assert.equal(doc.cookie, 'remora_replica_held=42; Path=/; SameSite=Lax');
+  store.clear();
+  assert.match(doc.cookie, /^remora_replica_held=; Path=\/; SameSite=Lax; Max-Age=0$/);
+  const none = new ReplicaStore({ origin: 'o', storage: new MemoryStorage(), document: doc, heldCookie: false });
+  doc.cookie = '';
+  none.offer('h2', 1);
+  assert.equal(doc.cookie, '');
+});
