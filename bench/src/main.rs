@@ -1,4 +1,15 @@
 //! `cargo run --release -p remora-bench -- <bench>`: Remora beside its peers.
+//!
+//! Each subcommand starts what it measures itself, shows a progress bar on
+//! stderr, prints a table and ends with one JSON line on stdout.
+
+mod http;
+mod idle;
+mod proc;
+mod proxy;
+mod wrk;
+
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
@@ -11,9 +22,61 @@ struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
-enum Bench {}
+enum Bench {
+    /// Requests/s, latency and memory: direct, Remora, HAProxy, nginx.
+    Proxy(proxy::Args),
+}
 
-fn main() {
+/// Why a benchmark could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// An operating-system call failed.
+    #[error("{what}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A prerequisite is missing or a target is misconfigured.
+    #[error("{0}")]
+    Setup(String),
+    /// A child process exited while it should be serving.
+    #[error("{name} exited early ({status}); see its log")]
+    Exited {
+        /// Which child.
+        name: String,
+        /// Its exit status.
+        status: String,
+    },
+    /// Something did not happen in time.
+    #[error("timed out: {0}")]
+    Timeout(String),
+    /// wrk failed or printed something unexpected.
+    #[error("wrk: {0}")]
+    Wrk(String),
+    /// A probe request got a bad response.
+    #[error("http: {0}")]
+    Http(String),
+}
+
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.bench {}
+    let result = match cli.bench {
+        Bench::Proxy(args) => proxy::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let mut msg = format!("remora-bench: {e}");
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                msg.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            eprintln!("{msg}");
+            ExitCode::FAILURE
+        }
+    }
 }

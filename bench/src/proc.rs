@@ -1,0 +1,245 @@
+//! Child processes for benchmarks: spawn, wait for a port, measure the
+//! resident memory of a process tree, and always stop what was started.
+
+use std::fs;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::BenchError;
+
+/// A child process that is stopped (SIGTERM, then SIGKILL after a grace
+/// period) when dropped, so no benchmark leaves a server behind.
+#[derive(Debug)]
+pub struct Guard {
+    name: String,
+    child: Child,
+}
+
+impl Guard {
+    /// Spawns `cmd` with stdin closed and stdout/stderr sent to `log`.
+    pub fn spawn(name: &str, mut cmd: Command, log: &Path) -> Result<Self, BenchError> {
+        let out = fs::File::create(log).map_err(|source| BenchError::Io {
+            what: format!("create log {}", log.display()),
+            source,
+        })?;
+        let err = out.try_clone().map_err(|source| BenchError::Io {
+            what: format!("clone log handle {}", log.display()),
+            source,
+        })?;
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err));
+        let child = cmd.spawn().map_err(|source| BenchError::Io {
+            what: format!("start {name}"),
+            source,
+        })?;
+        Ok(Self {
+            name: name.to_owned(),
+            child,
+        })
+    }
+
+    /// The process id of the child (the root of its tree).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Fails if the child has already exited (it usually means a bad config).
+    pub fn check_alive(&mut self) -> Result<(), BenchError> {
+        match self.child.try_wait() {
+            Ok(None) => Ok(()),
+            Ok(Some(status)) => Err(BenchError::Exited {
+                name: self.name.clone(),
+                status: status.to_string(),
+            }),
+            Err(source) => Err(BenchError::Io {
+                what: format!("poll {}", self.name),
+                source,
+            }),
+        }
+    }
+
+    /// Asks the child to stop with SIGTERM, waits up to `grace`, then kills.
+    pub fn stop(&mut self, grace: Duration) {
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        // `kill` from the system: the bench crate forbids unsafe code and
+        // std only sends SIGKILL, which would orphan nginx's workers.
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.stop(Duration::from_secs(3));
+    }
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> Result<u16, BenchError> {
+    let listener =
+        TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|source| BenchError::Io {
+            what: "bind an ephemeral port".into(),
+            source,
+        })?;
+    let port = listener
+        .local_addr()
+        .map_err(|source| BenchError::Io {
+            what: "read an ephemeral port".into(),
+            source,
+        })?
+        .port();
+    Ok(port)
+}
+
+/// Waits until something accepts TCP connections on `addr`, or fails after
+/// `timeout` (or as soon as `guard`'s process exits).
+pub fn wait_for_port(
+    addr: SocketAddr,
+    guard: &mut Guard,
+    timeout: Duration,
+) -> Result<(), BenchError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        guard.check_alive()?;
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(BenchError::Timeout(format!(
+                "{} did not listen on {addr} within {timeout:?}",
+                guard.name
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Finds an executable on `PATH` (or `/usr/sbin`, where Debian puts
+/// nginx and haproxy for non-root users).
+pub fn which(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
+}
+
+/// The pids of `root` and all its descendants (from `/proc/*/stat`).
+pub fn tree_pids(root: u32) -> Vec<u32> {
+    let mut parents: Vec<(u32, u32)> = Vec::new();
+    if let Ok(entries) = fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if let Ok(stat) = fs::read_to_string(entry.path().join("stat"))
+                && let Some(ppid) = parse_ppid(&stat)
+            {
+                parents.push((pid, ppid));
+            }
+        }
+    }
+    let mut tree = vec![root];
+    let mut i = 0;
+    while i < tree.len() {
+        let parent = tree[i];
+        tree.extend(
+            parents
+                .iter()
+                .filter(|(_, ppid)| *ppid == parent)
+                .map(|(pid, _)| *pid),
+        );
+        i += 1;
+    }
+    tree
+}
+
+/// The parent pid from the text of `/proc/PID/stat` (the command name, in
+/// parentheses, may itself hold spaces and parentheses).
+fn parse_ppid(stat: &str) -> Option<u32> {
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// A `kB` field (such as `VmRSS`) from the text of `/proc/PID/status`.
+fn status_kb(status: &str, field: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+}
+
+/// Current resident memory of `root` and its descendants, in KiB.
+pub fn tree_rss_kb(root: u32) -> u64 {
+    tree_pids(root)
+        .into_iter()
+        .filter_map(|pid| fs::read_to_string(format!("/proc/{pid}/status")).ok())
+        .filter_map(|status| status_kb(&status, "VmRSS"))
+        .sum()
+}
+
+/// Whether the current process runs as root (from `/proc/self/status`).
+pub fn is_root() -> bool {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|rest| rest.split_whitespace().nth(1).map(|e| e == "0"))
+        })
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ppid_survives_odd_command_names() {
+        let stat = "1234 (we ird) name)) S 77 1234 1234 0 -1";
+        assert_eq!(parse_ppid(stat), Some(77));
+        assert_eq!(parse_ppid("garbage"), None);
+    }
+
+    #[test]
+    fn status_fields_parse_in_kb() {
+        let status = "Name:\tx\nVmHWM:\t   2048 kB\nVmRSS:\t    1024 kB\n";
+        assert_eq!(status_kb(status, "VmRSS"), Some(1024));
+        assert_eq!(status_kb(status, "VmHWM"), Some(2048));
+        assert_eq!(status_kb(status, "VmSwap"), None);
+    }
+
+    #[test]
+    fn own_tree_has_memory_and_includes_children() {
+        let me = std::process::id();
+        assert!(tree_rss_kb(me) > 0);
+        let mut child = Command::new("sleep").arg("5").spawn().expect("spawn sleep");
+        let pids = tree_pids(me);
+        let found = pids.contains(&child.id());
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(found, "child {} not in tree {pids:?}", child.id());
+    }
+}

@@ -1,0 +1,633 @@
+//! `remora-bench proxy`: one nginx backend serving a 1 KiB file, measured
+//! with the same wrk settings directly and through Remora, HAProxy and
+//! nginx, each with cookie affinity on the sticky path; then resident memory
+//! of Remora and HAProxy holding many idle keep-alive client connections.
+
+mod configs;
+
+use std::fs;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::Value;
+
+use crate::proc::{self, Guard};
+use crate::wrk::{self, Load, Report};
+use crate::{BenchError, http, idle};
+
+use configs::Limits;
+
+/// Options of `remora-bench proxy`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Length of each wrk run.
+    #[arg(long, default_value = "10s")]
+    duration: humantime::Duration,
+    /// wrk connections (`-c`), the same for every target.
+    #[arg(long, default_value_t = 64)]
+    connections: u32,
+    /// wrk threads (`-t`), the same for every target.
+    #[arg(long, default_value_t = 2)]
+    threads: u32,
+    /// Idle keep-alive client connections for the memory measurement
+    /// (0 skips it).
+    #[arg(long, default_value_t = 10_000)]
+    idle_connections: usize,
+    /// The `remora` release binary (default: next to this binary, then
+    /// `$CARGO_TARGET_DIR/release/remora`, then `target/release/remora`).
+    #[arg(long)]
+    remora_bin: Option<PathBuf>,
+    /// Keep the temporary directory (configs and logs) and print its path.
+    #[arg(long)]
+    keep_dir: bool,
+}
+
+/// What is being measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Direct,
+    Remora,
+    Haproxy,
+    Nginx,
+}
+
+impl Target {
+    fn name(self) -> &'static str {
+        match self {
+            Target::Direct => "direct",
+            Target::Remora => "remora",
+            Target::Haproxy => "haproxy",
+            Target::Nginx => "nginx",
+        }
+    }
+}
+
+/// A started target: where to send requests and with which cookie.
+struct Running {
+    guard: Option<Guard>,
+    addr: SocketAddr,
+    /// `Cookie: ...` carrying the affinity, if the target gave one.
+    cookie: Option<String>,
+}
+
+/// One target's figures.
+#[derive(Debug, Default)]
+struct Outcome {
+    report: Option<Report>,
+    peak_rss_kb: Option<u64>,
+    sticky: bool,
+    idle_rss_kb: Option<u64>,
+    idle_open: Option<usize>,
+    error: Option<String>,
+}
+
+struct Ctx {
+    dir: PathBuf,
+    backend: SocketAddr,
+    nginx: PathBuf,
+    haproxy: PathBuf,
+    remora: Option<PathBuf>,
+    limits: Limits,
+}
+
+/// Runs the proxy benchmark and prints its table and final JSON line.
+pub fn run(args: Args) -> Result<(), BenchError> {
+    let tools = check_tools()?;
+    let nofile = rlimit::increase_nofile_limit(u64::MAX).map_err(|source| BenchError::Io {
+        what: "raise the open-file limit".into(),
+        source,
+    })?;
+    let idle_count = args.idle_connections;
+    if idle_count > 0 && (idle_count as u64) + 256 > nofile {
+        return Err(BenchError::Setup(format!(
+            "{idle_count} idle connections need an open-file limit above {}, have {nofile}: \
+             raise the hard limit (ulimit -Hn) or pass --idle-connections",
+            idle_count + 256
+        )));
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("remora-bench-proxy-")
+        .tempdir()
+        .map_err(|source| BenchError::Io {
+            what: "create a temporary directory".into(),
+            source,
+        })?;
+    let load = Load {
+        threads: args.threads,
+        connections: args.connections,
+        duration: *args.duration,
+    };
+    let remora_bin = find_remora(args.remora_bin.as_deref());
+    if remora_bin.is_none() {
+        eprintln!(
+            "remora release binary not found: build it with `cargo build --release -p remora` \
+             (or pass --remora-bin); Remora's figures will be null"
+        );
+    }
+    let limits = Limits {
+        nofile,
+        max_clients: idle_count.max(load.connections as usize) as u64,
+        root: proc::is_root(),
+    };
+
+    let backend_addr = SocketAddr::from(([127, 0, 0, 1], proc::free_port()?));
+    let mut backend = start_backend(dir.path(), &tools.0, backend_addr, &limits)?;
+    let ctx = Ctx {
+        dir: dir.path().to_owned(),
+        backend: backend_addr,
+        nginx: tools.0,
+        haproxy: tools.1,
+        remora: remora_bin,
+        limits,
+    };
+
+    let targets = [
+        Target::Direct,
+        Target::Remora,
+        Target::Haproxy,
+        Target::Nginx,
+    ];
+    let idle_targets: &[Target] = if idle_count > 0 {
+        &[Target::Remora, Target::Haproxy]
+    } else {
+        &[]
+    };
+    let phases = (targets.len() + idle_targets.len()) as u64;
+    let bar = ProgressBar::new(phases * 100);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {percent:>3}% {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.enable_steady_tick(Duration::from_millis(200));
+
+    let mut outcomes: Vec<(Target, Outcome)> = Vec::new();
+    for (i, target) in targets.iter().enumerate() {
+        bar.set_message(format!("{} under load", target.name()));
+        bar.set_position(i as u64 * 100);
+        let outcome = measure_load(*target, &ctx, &load, &bar, i as u64 * 100);
+        if let Some(e) = &outcome.error {
+            bar.println(format!("{}: {e}", target.name()));
+        }
+        if *target == Target::Direct && outcome.report.is_none() {
+            bar.finish_and_clear();
+            return Err(BenchError::Setup(format!(
+                "direct run failed: {}",
+                outcome.error.unwrap_or_default()
+            )));
+        }
+        outcomes.push((*target, outcome));
+        backend.check_alive()?;
+    }
+    for (j, target) in idle_targets.iter().enumerate() {
+        let base = (targets.len() + j) as u64 * 100;
+        bar.set_message(format!(
+            "{} with {idle_count} idle connections",
+            target.name()
+        ));
+        bar.set_position(base);
+        let result = measure_idle(*target, &ctx, idle_count);
+        if let Some((_, outcome)) = outcomes.iter_mut().find(|(t, _)| t == target) {
+            match result {
+                Ok((rss, open)) => {
+                    outcome.idle_rss_kb = Some(rss);
+                    outcome.idle_open = Some(open);
+                }
+                Err(e) => bar.println(format!("{} idle: {e}", target.name())),
+            }
+        }
+        bar.set_position(base + 100);
+    }
+    bar.finish_and_clear();
+    drop(backend);
+
+    print_table(&load, &outcomes, idle_count);
+    println!("{}", json_line(&load, &outcomes, idle_count));
+    if args.keep_dir {
+        let kept = dir.keep();
+        eprintln!("configs and logs kept in {}", kept.display());
+    }
+    Ok(())
+}
+
+/// nginx, haproxy and wrk from PATH, or an error saying how to install them.
+fn check_tools() -> Result<(PathBuf, PathBuf), BenchError> {
+    let nginx = proc::which("nginx");
+    let haproxy = proc::which("haproxy");
+    let wrk = proc::which("wrk");
+    match (nginx, haproxy, wrk) {
+        (Some(n), Some(h), Some(_)) => Ok((n, h)),
+        (n, h, w) => {
+            let missing: Vec<&str> = [
+                ("nginx", n.is_none()),
+                ("haproxy", h.is_none()),
+                ("wrk", w.is_none()),
+            ]
+            .into_iter()
+            .filter_map(|(name, gone)| gone.then_some(name))
+            .collect();
+            Err(BenchError::Setup(format!(
+                "missing {}: install with `apt-get install -y nginx-light haproxy wrk`",
+                missing.join(", ")
+            )))
+        }
+    }
+}
+
+fn find_remora(flag: Option<&Path>) -> Option<PathBuf> {
+    if let Some(path) = flag {
+        return Some(path.to_owned());
+    }
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|d| d.join("remora")));
+    let target_dir =
+        std::env::var_os("CARGO_TARGET_DIR").map(|d| PathBuf::from(d).join("release/remora"));
+    [
+        beside,
+        target_dir,
+        Some(PathBuf::from("target/release/remora")),
+    ]
+    .into_iter()
+    .flatten()
+    .find(|p| p.is_file())
+}
+
+fn io_err(what: String) -> impl FnOnce(std::io::Error) -> BenchError {
+    move |source| BenchError::Io { what, source }
+}
+
+fn write_file(path: &Path, text: &str) -> Result<(), BenchError> {
+    fs::write(path, text).map_err(io_err(format!("write {}", path.display())))
+}
+
+fn nginx_prefix(dir: &Path, name: &str) -> Result<PathBuf, BenchError> {
+    let prefix = dir.join(name);
+    for sub in ["tmp", "www", "logs"] {
+        let p = prefix.join(sub);
+        fs::create_dir_all(&p).map_err(io_err(format!("create {}", p.display())))?;
+    }
+    Ok(prefix)
+}
+
+fn spawn_nginx(name: &str, nginx: &Path, prefix: &Path, conf: &str) -> Result<Guard, BenchError> {
+    let conf_path = prefix.join("nginx.conf");
+    write_file(&conf_path, conf)?;
+    let mut cmd = Command::new(nginx);
+    cmd.arg("-p")
+        .arg(prefix)
+        .arg("-e")
+        .arg(prefix.join("error.log"))
+        .arg("-c")
+        .arg(&conf_path)
+        .arg("-g")
+        .arg("daemon off;");
+    Guard::spawn(name, cmd, &prefix.join("stdout.log"))
+}
+
+fn start_backend(
+    dir: &Path,
+    nginx: &Path,
+    addr: SocketAddr,
+    limits: &Limits,
+) -> Result<Guard, BenchError> {
+    let prefix = nginx_prefix(dir, "backend")?;
+    write_file(&prefix.join("www/1k.bin"), &"x".repeat(configs::FILE_LEN))?;
+    let conf = configs::backend_nginx(&prefix, addr, limits);
+    let mut guard = spawn_nginx("backend nginx", nginx, &prefix, &conf)?;
+    proc::wait_for_port(addr, &mut guard, Duration::from_secs(10))?;
+    let head = http::get(addr, configs::FILE, &[])?;
+    if head.status != 200 {
+        return Err(BenchError::Setup(format!(
+            "backend answered {} for {}",
+            head.status,
+            configs::FILE
+        )));
+    }
+    Ok(guard)
+}
+
+/// Starts `target` and waits until it serves the file.
+fn start(target: Target, ctx: &Ctx) -> Result<Running, BenchError> {
+    let listen = SocketAddr::from(([127, 0, 0, 1], proc::free_port()?));
+    let mut guard = match target {
+        Target::Direct => {
+            return Ok(Running {
+                guard: None,
+                addr: ctx.backend,
+                cookie: None,
+            });
+        }
+        Target::Nginx => {
+            let prefix = nginx_prefix(&ctx.dir, "nginx-proxy")?;
+            let conf = configs::nginx_proxy(&prefix, listen, ctx.backend, &ctx.limits);
+            spawn_nginx("nginx proxy", &ctx.nginx, &prefix, &conf)?
+        }
+        Target::Haproxy => {
+            let path = ctx.dir.join("haproxy.cfg");
+            write_file(&path, &configs::haproxy(listen, ctx.backend, &ctx.limits))?;
+            let mut cmd = Command::new(&ctx.haproxy);
+            cmd.arg("-db").arg("-f").arg(&path);
+            Guard::spawn("haproxy", cmd, &ctx.dir.join("haproxy.log"))?
+        }
+        Target::Remora => {
+            let bin = ctx.remora.as_ref().ok_or_else(|| {
+                BenchError::Setup(
+                    "no remora release binary (cargo build --release -p remora)".into(),
+                )
+            })?;
+            let keys = ctx.dir.join("remora.keys");
+            write_file(&keys, &format!("{}\n", remora_seal::generate_key_b64()))?;
+            let admin = SocketAddr::from(([127, 0, 0, 1], proc::free_port()?));
+            let path = ctx.dir.join("remora.toml");
+            write_file(&path, &configs::remora(listen, admin, ctx.backend, &keys))?;
+            let mut cmd = Command::new(bin);
+            cmd.arg("serve").arg("--config").arg(&path);
+            Guard::spawn("remora", cmd, &ctx.dir.join("remora.log"))?
+        }
+    };
+    proc::wait_for_port(listen, &mut guard, Duration::from_secs(15))?;
+    // Health checks may hold traffic back for a few intervals: poll for 200.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let head = loop {
+        guard.check_alive()?;
+        match http::get(listen, configs::FILE, &[]) {
+            Ok(head) if head.status == 200 => break head,
+            Ok(head) if std::time::Instant::now() >= deadline => {
+                return Err(BenchError::Setup(format!(
+                    "{} answered {} instead of 200",
+                    target.name(),
+                    head.status
+                )));
+            }
+            Err(e) if std::time::Instant::now() >= deadline => return Err(e),
+            _ => std::thread::sleep(Duration::from_millis(100)),
+        }
+    };
+    let cookie = match target {
+        Target::Direct => None,
+        Target::Nginx => Some(format!("{}=bench-client", configs::NGINX_COOKIE)),
+        Target::Haproxy => find_cookie(&head.set_cookies, configs::HAPROXY_COOKIE),
+        Target::Remora => find_cookie(&head.set_cookies, configs::REMORA_COOKIE),
+    };
+    Ok(Running {
+        guard: Some(guard),
+        addr: listen,
+        cookie,
+    })
+}
+
+fn find_cookie(set_cookies: &[String], name: &str) -> Option<String> {
+    set_cookies
+        .iter()
+        .find(|c| c.split_once('=').is_some_and(|(n, _)| n == name))
+        .cloned()
+}
+
+fn measure_load(target: Target, ctx: &Ctx, load: &Load, bar: &ProgressBar, base: u64) -> Outcome {
+    let mut outcome = Outcome::default();
+    let running = match start(target, ctx) {
+        Ok(r) => r,
+        Err(e) => {
+            outcome.error = Some(e.to_string());
+            return outcome;
+        }
+    };
+    outcome.sticky = running.cookie.is_some();
+    if target != Target::Direct && !outcome.sticky {
+        bar.println(format!(
+            "{}: no affinity cookie in the first response; measuring without one",
+            target.name()
+        ));
+    }
+    let headers: Vec<String> = running
+        .cookie
+        .iter()
+        .map(|c| format!("Cookie: {c}"))
+        .collect();
+    let url = format!("http://{}{}", running.addr, configs::FILE);
+    let pid = running.guard.as_ref().map(Guard::pid);
+    let mut peak = pid.map(proc::tree_rss_kb);
+    let total = load.duration.as_secs_f64().max(1.0);
+    let result = wrk::run(&url, &headers, load, |elapsed| {
+        if let Some(pid) = pid {
+            let rss = proc::tree_rss_kb(pid);
+            peak = peak.max(Some(rss));
+        }
+        let frac = (elapsed.as_secs_f64() / total).min(1.0);
+        bar.set_position(base + (frac * 100.0) as u64);
+    });
+    match result {
+        Ok(report) => {
+            if report.non_2xx > 0 || report.socket_errors > 0 {
+                bar.println(format!(
+                    "{}: {} non-2xx responses, {} socket errors",
+                    target.name(),
+                    report.non_2xx,
+                    report.socket_errors
+                ));
+            }
+            outcome.report = Some(report);
+        }
+        Err(e) => outcome.error = Some(e.to_string()),
+    }
+    outcome.peak_rss_kb = peak;
+    drop(running);
+    outcome
+}
+
+/// Starts `target` afresh, opens `count` idle keep-alive connections that
+/// each carried one request (with the affinity cookie), lets the proxy
+/// settle, and returns its resident memory (KiB) and how many connections
+/// are still open.
+fn measure_idle(target: Target, ctx: &Ctx, count: usize) -> Result<(u64, usize), BenchError> {
+    let running = start(target, ctx)?;
+    let pid = running
+        .guard
+        .as_ref()
+        .map(Guard::pid)
+        .ok_or_else(|| BenchError::Setup("idle memory needs a proxy process".into()))?;
+    let headers: Vec<String> = running
+        .cookie
+        .iter()
+        .map(|c| format!("Cookie: {c}"))
+        .collect();
+    let request = Arc::new(http::request(configs::FILE, &headers));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(io_err("build a tokio runtime".into()))?;
+    let addr = running.addr;
+    let result = rt.block_on(async move {
+        let held = idle::open(addr, count, 256, request, Duration::from_secs(30)).await?;
+        // Let the proxy finish its bookkeeping (idle pools, timers) before
+        // reading its memory: a fixed settle time, not a synchronisation.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let rss = proc::tree_rss_kb(pid);
+        let open = held.still_open();
+        drop(held);
+        Ok::<_, BenchError>((rss, open))
+    });
+    drop(running);
+    result
+}
+
+fn mb(kb: u64) -> f64 {
+    (kb as f64 / 1024.0 * 10.0).round() / 10.0
+}
+
+fn print_table(load: &Load, outcomes: &[(Target, Outcome)], idle_count: usize) {
+    println!(
+        "proxy benchmark: wrk -t{} -c{} -d{}s --latency, GET {} (1 KiB), cookie affinity (sticky path)",
+        load.threads,
+        load.connections,
+        load.duration.as_secs(),
+        configs::FILE
+    );
+    println!(
+        "{:<8} {:>10} {:>8} {:>8} {:>13} {:>8} {:>16}",
+        "target", "req/s", "p50 ms", "p99 ms", "peak RSS MB", "errors", "idle RSS MB"
+    );
+    for (target, o) in outcomes {
+        let dash = || "-".to_string();
+        let (rps, p50, p99, errors) = match &o.report {
+            Some(r) => (
+                format!("{:.0}", r.rps),
+                format!("{:.2}", r.p50_ms),
+                format!("{:.2}", r.p99_ms),
+                (r.non_2xx + r.socket_errors).to_string(),
+            ),
+            None => (dash(), dash(), dash(), dash()),
+        };
+        let rss = o
+            .peak_rss_kb
+            .map(|k| format!("{:.1}", mb(k)))
+            .unwrap_or_else(dash);
+        let idle = match (o.idle_rss_kb, o.idle_open) {
+            (Some(k), Some(open)) => format!("{:.1} ({open}/{idle_count})", mb(k)),
+            _ => dash(),
+        };
+        println!(
+            "{:<8} {rps:>10} {p50:>8} {p99:>8} {rss:>13} {errors:>8} {idle:>16}",
+            target.name()
+        );
+    }
+}
+
+/// The final line: the required keys first, in order, then extras.
+fn json_line(load: &Load, outcomes: &[(Target, Outcome)], idle_count: usize) -> String {
+    let get = |t: Target| outcomes.iter().find(|(x, _)| *x == t).map(|(_, o)| o);
+    let num = |v: Option<f64>| v.map_or(Value::Null, |f| Value::from((f * 100.0).round() / 100.0));
+    let rps = |t| num(get(t).and_then(|o| o.report.as_ref()).map(|r| r.rps));
+    let p50 = |t| num(get(t).and_then(|o| o.report.as_ref()).map(|r| r.p50_ms));
+    let p99 = |t| num(get(t).and_then(|o| o.report.as_ref()).map(|r| r.p99_ms));
+    let rss = |t| num(get(t).and_then(|o| o.peak_rss_kb).map(mb));
+    let idle = |t| num(get(t).and_then(|o| o.idle_rss_kb).map(mb));
+    let sticky = |t| Value::from(get(t).is_some_and(|o| o.sticky));
+    let errors = |t| {
+        get(t)
+            .and_then(|o| o.report.as_ref())
+            .map_or(Value::Null, |r| Value::from(r.non_2xx + r.socket_errors))
+    };
+    let fields: Vec<(&str, Value)> = vec![
+        ("bench", Value::from("proxy")),
+        ("remora_rps", rps(Target::Remora)),
+        ("haproxy_rps", rps(Target::Haproxy)),
+        ("nginx_rps", rps(Target::Nginx)),
+        ("direct_rps", rps(Target::Direct)),
+        ("remora_p99_ms", p99(Target::Remora)),
+        ("haproxy_p99_ms", p99(Target::Haproxy)),
+        ("remora_rss_mb_10k_idle", idle(Target::Remora)),
+        ("haproxy_rss_mb_10k_idle", idle(Target::Haproxy)),
+        ("nginx_p99_ms", p99(Target::Nginx)),
+        ("direct_p99_ms", p99(Target::Direct)),
+        ("remora_p50_ms", p50(Target::Remora)),
+        ("haproxy_p50_ms", p50(Target::Haproxy)),
+        ("nginx_p50_ms", p50(Target::Nginx)),
+        ("direct_p50_ms", p50(Target::Direct)),
+        ("remora_peak_rss_mb", rss(Target::Remora)),
+        ("haproxy_peak_rss_mb", rss(Target::Haproxy)),
+        ("nginx_peak_rss_mb", rss(Target::Nginx)),
+        ("remora_errors", errors(Target::Remora)),
+        ("haproxy_errors", errors(Target::Haproxy)),
+        ("nginx_errors", errors(Target::Nginx)),
+        ("remora_sticky", sticky(Target::Remora)),
+        ("haproxy_sticky", sticky(Target::Haproxy)),
+        ("idle_connections", Value::from(idle_count)),
+        ("connections", Value::from(load.connections)),
+        ("threads", Value::from(load.threads)),
+        ("duration_s", Value::from(load.duration.as_secs())),
+    ];
+    let body: Vec<String> = fields
+        .into_iter()
+        .map(|(k, v)| format!("{}:{v}", Value::from(k)))
+        .collect();
+    format!("{{{}}}", body.join(","))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(rps: f64, p99: f64) -> Report {
+        Report {
+            rps,
+            p50_ms: p99 / 2.0,
+            p99_ms: p99,
+            requests: 1,
+            non_2xx: 0,
+            socket_errors: 0,
+        }
+    }
+
+    #[test]
+    fn json_line_starts_with_the_required_keys_in_order() {
+        let load = Load {
+            threads: 2,
+            connections: 64,
+            duration: Duration::from_secs(10),
+        };
+        let outcomes = vec![
+            (
+                Target::Direct,
+                Outcome {
+                    report: Some(report(50_000.0, 1.0)),
+                    ..Outcome::default()
+                },
+            ),
+            (Target::Remora, Outcome::default()),
+            (
+                Target::Haproxy,
+                Outcome {
+                    report: Some(report(30_000.123, 2.5)),
+                    idle_rss_kb: Some(10 * 1024),
+                    sticky: true,
+                    ..Outcome::default()
+                },
+            ),
+        ];
+        let line = json_line(&load, &outcomes, 10_000);
+        assert!(
+            line.starts_with(
+                "{\"bench\":\"proxy\",\"remora_rps\":null,\"haproxy_rps\":30000.12,\
+                 \"nginx_rps\":null,\"direct_rps\":50000.0,\"remora_p99_ms\":null,\
+                 \"haproxy_p99_ms\":2.5,"
+            ),
+            "{line}"
+        );
+        let parsed: serde_json::Value = serde_json::from_str(&line).expect("valid JSON");
+        assert_eq!(parsed["haproxy_rss_mb_10k_idle"], 10.0);
+        assert_eq!(parsed["haproxy_sticky"], true);
+        assert_eq!(parsed["remora_rss_mb_10k_idle"], Value::Null);
+    }
+
+    #[test]
+    fn finds_the_named_cookie_only() {
+        let cookies = vec!["SRVX=1".to_string(), "SRV=b1".to_string()];
+        assert_eq!(find_cookie(&cookies, "SRV").as_deref(), Some("SRV=b1"));
+        assert_eq!(find_cookie(&cookies, "REMORA_AFFINITY"), None);
+    }
+}

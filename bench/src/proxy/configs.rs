@@ -1,0 +1,284 @@
+//! Configuration files for the backend and for each proxy under test. Every
+//! proxy gets the same backend twice, as two named servers `b1` and `b2`,
+//! cookie affinity and (where the product has it) an active health check.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::Path;
+
+/// The one static file every request fetches.
+pub const FILE: &str = "/1k.bin";
+/// Its size.
+pub const FILE_LEN: usize = 1024;
+/// The health-check path the backend answers.
+pub const HEALTH: &str = "/health";
+/// HAProxy's affinity cookie.
+pub const HAPROXY_COOKIE: &str = "SRV";
+/// Remora's affinity cookie.
+pub const REMORA_COOKIE: &str = "REMORA_AFFINITY";
+/// The cookie nginx hashes on (open-source nginx cannot insert one).
+pub const NGINX_COOKIE: &str = "route";
+
+/// Settings shared by the generated configs.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Open-file limit the children inherit.
+    pub nofile: u64,
+    /// Client connections a proxy must accept at once.
+    pub max_clients: u64,
+    /// Whether we run as root (nginx then keeps workers as root so they can
+    /// read our private temporary directory).
+    pub root: bool,
+}
+
+fn nginx_common(prefix: &Path, workers: u32, limits: &Limits) -> String {
+    let p = prefix.display();
+    let worker_connections = (2 * limits.max_clients + 1024).min(limits.nofile);
+    let mut s = String::new();
+    if limits.root {
+        s.push_str("user root;\n");
+    }
+    let _ = write!(
+        s,
+        "worker_processes {workers};
+worker_rlimit_nofile {nofile};
+pid {p}/nginx.pid;
+error_log {p}/error.log warn;
+events {{ worker_connections {worker_connections}; }}
+http {{
+  access_log off;
+  client_body_temp_path {p}/tmp/body;
+  proxy_temp_path {p}/tmp/proxy;
+  fastcgi_temp_path {p}/tmp/fastcgi;
+  uwsgi_temp_path {p}/tmp/uwsgi;
+  scgi_temp_path {p}/tmp/scgi;
+  keepalive_requests 10000000;
+  keepalive_timeout 600s;
+",
+        nofile = limits.nofile,
+    );
+    s
+}
+
+/// The backend: nginx with one worker serving a 1 KiB file and `/health`.
+pub fn backend_nginx(prefix: &Path, listen: SocketAddr, limits: &Limits) -> String {
+    let mut s = nginx_common(prefix, 1, limits);
+    let _ = write!(
+        s,
+        "  server {{
+    listen {listen};
+    root {www};
+    location = {HEALTH} {{ return 200 \"ok\\n\"; }}
+  }}
+}}
+",
+        www = prefix.join("www").display(),
+    );
+    s
+}
+
+/// nginx as a proxy: two workers (one per core, like HAProxy's two
+/// threads), upstream keep-alive, and `hash $cookie_route consistent` for
+/// affinity: open-source nginx has no `sticky cookie`, so the client's
+/// cookie picks the server and nginx sets none. No active health check
+/// exists in open-source nginx; passive `max_fails` is its default.
+pub fn nginx_proxy(
+    prefix: &Path,
+    listen: SocketAddr,
+    backend: SocketAddr,
+    limits: &Limits,
+) -> String {
+    let mut s = nginx_common(prefix, 2, limits);
+    let _ = write!(
+        s,
+        "  upstream app {{
+    hash $cookie_{NGINX_COOKIE} consistent;
+    server {backend} max_fails=3 fail_timeout=10s;
+    server {backend} max_fails=3 fail_timeout=10s;
+    keepalive 128;
+  }}
+  server {{
+    listen {listen};
+    location / {{
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection \"\";
+    }}
+  }}
+}}
+"
+    );
+    s
+}
+
+/// HAProxy 2.6: two threads, cookie insert affinity, HTTP health checks.
+pub fn haproxy(listen: SocketAddr, backend: SocketAddr, limits: &Limits) -> String {
+    format!(
+        "global
+  nbthread 2
+  maxconn {maxconn}
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 600s
+  timeout server 600s
+  timeout http-keep-alive 600s
+  timeout http-request 10s
+frontend web
+  bind {listen}
+  maxconn {maxconn}
+  default_backend app
+backend app
+  balance roundrobin
+  cookie {HAPROXY_COOKIE} insert indirect nocache
+  option httpchk GET {HEALTH}
+  http-check expect status 200-399
+  default-server check inter 2s fall 3 rise 2
+  server b1 {backend} cookie b1
+  server b2 {backend} cookie b2
+",
+        maxconn = limits.max_clients + 1024,
+    )
+}
+
+/// Remora: one listener, one pool of the backend twice, cookie affinity,
+/// HTTP health checks, a keyring in `keys`.
+pub fn remora(listen: SocketAddr, admin: SocketAddr, backend: SocketAddr, keys: &Path) -> String {
+    format!(
+        "[admin]
+listen = \"{admin}\"
+token = \"bench-token\"
+
+[keys]
+file = \"{keys}\"
+
+[[listener]]
+name = \"web\"
+listen = \"{listen}\"
+pool = \"app\"
+
+[[pool]]
+name = \"app\"
+algorithm = \"round-robin\"
+
+[pool.affinity]
+mode = \"cookie\"
+cookie = \"{REMORA_COOKIE}\"
+
+[pool.health]
+path = \"{HEALTH}\"
+expect_status = \"200-399\"
+interval = \"2s\"
+timeout = \"1s\"
+rise = 2
+fall = 3
+
+[[pool.server]]
+name = \"b1\"
+address = \"{backend}\"
+
+[[pool.server]]
+name = \"b2\"
+address = \"{backend}\"
+",
+        keys = keys.display(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits {
+            nofile: 20_000,
+            max_clients: 10_000,
+            root: false,
+        }
+    }
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    #[test]
+    fn haproxy_has_cookie_affinity_and_checks() {
+        let cfg = haproxy(addr(1), addr(2), &limits());
+        assert!(cfg.contains("cookie SRV insert indirect nocache"));
+        assert!(cfg.contains("nbthread 2"));
+        assert!(cfg.contains("option httpchk GET /health"));
+        assert!(cfg.contains("server b1 127.0.0.1:2 cookie b1"));
+        assert!(cfg.contains("maxconn 11024"));
+    }
+
+    #[test]
+    fn nginx_configs_hash_on_the_cookie_and_cap_connections() {
+        let dir = Path::new("/tmp/x");
+        let proxy = nginx_proxy(dir, addr(1), addr(2), &limits());
+        assert!(proxy.contains("hash $cookie_route consistent;"));
+        assert!(proxy.contains("worker_processes 2;"));
+        assert!(!proxy.contains("user root"));
+        let backend = backend_nginx(
+            dir,
+            addr(3),
+            &Limits {
+                root: true,
+                ..limits()
+            },
+        );
+        assert!(backend.contains("worker_processes 1;"));
+        assert!(backend.contains("user root;"));
+        // 2 * 10,000 + 1024 exceeds the open-file limit: capped.
+        assert!(backend.contains("worker_connections 20000;"));
+    }
+
+    #[test]
+    fn remora_config_uses_the_documented_names() {
+        let cfg = remora(addr(1), addr(2), addr(3), Path::new("/k"));
+        assert!(cfg.contains("mode = \"cookie\""));
+        assert!(cfg.contains("cookie = \"REMORA_AFFINITY\""));
+        assert!(cfg.contains("[pool.health]"));
+        assert_eq!(cfg.matches("[[pool.server]]").count(), 2);
+    }
+
+    /// Validates the generated files with the real programs when they are
+    /// installed (`apt-get install -y nginx-light haproxy`).
+    #[test]
+    fn real_programs_accept_the_configs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let limits = limits();
+        if let Some(haproxy_bin) = crate::proc::which("haproxy") {
+            let path = dir.path().join("haproxy.cfg");
+            std::fs::write(&path, haproxy(addr(1), addr(2), &limits)).expect("write");
+            let out = std::process::Command::new(haproxy_bin)
+                .arg("-c")
+                .arg("-f")
+                .arg(&path)
+                .output()
+                .expect("run haproxy -c");
+            assert!(out.status.success(), "{out:?}");
+        } else {
+            eprintln!("skipping the haproxy check: haproxy is not installed");
+        }
+        if let Some(nginx_bin) = crate::proc::which("nginx") {
+            std::fs::create_dir_all(dir.path().join("tmp")).expect("mkdir");
+            let path = dir.path().join("nginx.conf");
+            std::fs::write(&path, nginx_proxy(dir.path(), addr(1), addr(2), &limits))
+                .expect("write");
+            let out = std::process::Command::new(nginx_bin)
+                .arg("-t")
+                .arg("-q")
+                .arg("-p")
+                .arg(dir.path())
+                .arg("-e")
+                .arg(dir.path().join("error.log"))
+                .arg("-c")
+                .arg(&path)
+                .output()
+                .expect("run nginx -t");
+            assert!(out.status.success(), "{out:?}");
+        } else {
+            eprintln!("skipping the nginx check: nginx is not installed");
+        }
+    }
+}
