@@ -41,6 +41,10 @@ pub struct Args {
     /// `$CARGO_TARGET_DIR/release/remora`, then `target/release/remora`).
     #[arg(long)]
     remora_bin: Option<PathBuf>,
+    /// Measure every target this many times, interleaved, and report the
+    /// median run of each (by requests/s).
+    #[arg(long, default_value_t = 1)]
+    rounds: u32,
     /// Keep the temporary directory (configs and logs) and print its path.
     #[arg(long)]
     keep_dir: bool,
@@ -68,6 +72,7 @@ impl Target {
 
 /// A started target: where to send requests and with which cookie.
 struct Running {
+    name: &'static str,
     guard: Option<Guard>,
     addr: SocketAddr,
     /// `Cookie: ...` carrying the affinity, if the target gave one.
@@ -77,6 +82,9 @@ struct Running {
 /// One target's figures.
 #[derive(Debug, Default)]
 struct Outcome {
+    /// Every round's report.
+    runs: Vec<Report>,
+    /// The median round (by requests/s).
     report: Option<Report>,
     peak_rss_kb: Option<u64>,
     sticky: bool,
@@ -156,7 +164,8 @@ pub fn run(args: Args) -> Result<(), BenchError> {
     } else {
         &[]
     };
-    let phases = (targets.len() + idle_targets.len()) as u64;
+    let rounds = u64::from(args.rounds.max(1));
+    let phases = targets.len() as u64 * rounds + idle_targets.len() as u64;
     let bar = ProgressBar::new(phases * 100);
     bar.set_style(
         ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {percent:>3}% {msg}")
@@ -164,26 +173,66 @@ pub fn run(args: Args) -> Result<(), BenchError> {
     );
     bar.enable_steady_tick(Duration::from_millis(200));
 
-    let mut outcomes: Vec<(Target, Outcome)> = Vec::new();
-    for (i, target) in targets.iter().enumerate() {
-        bar.set_message(format!("{} under load", target.name()));
-        bar.set_position(i as u64 * 100);
-        let outcome = measure_load(*target, &ctx, &load, &bar, i as u64 * 100);
-        if let Some(e) = &outcome.error {
-            bar.println(format!("{}: {e}", target.name()));
+    // Start every target first, then measure them in turn, round after
+    // round, so a burst of outside load hits each of them alike.
+    let mut started: Vec<(Target, Option<Running>, Outcome)> = Vec::new();
+    for target in targets {
+        bar.set_message(format!("starting {}", target.name()));
+        let mut outcome = Outcome::default();
+        let running = match start(target, &ctx) {
+            Ok(r) => {
+                outcome.sticky = r.cookie.is_some();
+                if target != Target::Direct && !outcome.sticky {
+                    note(
+                        &bar,
+                        format!(
+                            "{}: no affinity cookie in the first response; measuring without one",
+                            target.name()
+                        ),
+                    );
+                }
+                Some(r)
+            }
+            Err(e) => {
+                note(&bar, format!("{}: {e}", target.name()));
+                outcome.error = Some(e.to_string());
+                None
+            }
+        };
+        started.push((target, running, outcome));
+    }
+    let mut phase = 0u64;
+    for round in 1..=rounds {
+        for (target, running, outcome) in started.iter_mut() {
+            let Some(running) = running else { continue };
+            bar.set_message(format!(
+                "{} under load (round {round}/{rounds})",
+                target.name()
+            ));
+            bar.set_position(phase * 100);
+            if let Err(e) = measure_load(running, &load, &bar, phase * 100, outcome) {
+                note(&bar, format!("{}: {e}", target.name()));
+                outcome.error = Some(e.to_string());
+            }
+            phase += 1;
+            backend.check_alive()?;
         }
-        if *target == Target::Direct && outcome.report.is_none() {
+    }
+    let mut outcomes: Vec<(Target, Outcome)> = Vec::new();
+    for (target, running, mut outcome) in started {
+        drop(running);
+        outcome.report = median_by_rps(&outcome.runs);
+        if target == Target::Direct && outcome.report.is_none() {
             bar.finish_and_clear();
             return Err(BenchError::Setup(format!(
                 "direct run failed: {}",
                 outcome.error.unwrap_or_default()
             )));
         }
-        outcomes.push((*target, outcome));
-        backend.check_alive()?;
+        outcomes.push((target, outcome));
     }
     for (j, target) in idle_targets.iter().enumerate() {
-        let base = (targets.len() + j) as u64 * 100;
+        let base = (targets.len() as u64 * rounds + j as u64) * 100;
         bar.set_message(format!(
             "{} with {idle_count} idle connections",
             target.name()
@@ -196,7 +245,7 @@ pub fn run(args: Args) -> Result<(), BenchError> {
                     outcome.idle_rss_kb = Some(rss);
                     outcome.idle_open = Some(open);
                 }
-                Err(e) => bar.println(format!("{} idle: {e}", target.name())),
+                Err(e) => note(&bar, format!("{} idle: {e}", target.name())),
             }
         }
         bar.set_position(base + 100);
@@ -316,6 +365,7 @@ fn start(target: Target, ctx: &Ctx) -> Result<Running, BenchError> {
     let mut guard = match target {
         Target::Direct => {
             return Ok(Running {
+                name: target.name(),
                 guard: None,
                 addr: ctx.backend,
                 cookie: None,
@@ -374,10 +424,17 @@ fn start(target: Target, ctx: &Ctx) -> Result<Running, BenchError> {
         Target::Remora => find_cookie(&head.set_cookies, configs::REMORA_COOKIE),
     };
     Ok(Running {
+        name: target.name(),
         guard: Some(guard),
         addr: listen,
         cookie,
     })
+}
+
+/// Prints a line on stderr above the progress bar (also when the bar is
+/// hidden because stderr is not a terminal).
+fn note(bar: &ProgressBar, line: String) {
+    bar.suspend(|| eprintln!("{line}"));
 }
 
 fn find_cookie(set_cookies: &[String], name: &str) -> Option<String> {
@@ -387,22 +444,15 @@ fn find_cookie(set_cookies: &[String], name: &str) -> Option<String> {
         .cloned()
 }
 
-fn measure_load(target: Target, ctx: &Ctx, load: &Load, bar: &ProgressBar, base: u64) -> Outcome {
-    let mut outcome = Outcome::default();
-    let running = match start(target, ctx) {
-        Ok(r) => r,
-        Err(e) => {
-            outcome.error = Some(e.to_string());
-            return outcome;
-        }
-    };
-    outcome.sticky = running.cookie.is_some();
-    if target != Target::Direct && !outcome.sticky {
-        bar.println(format!(
-            "{}: no affinity cookie in the first response; measuring without one",
-            target.name()
-        ));
-    }
+/// One wrk run against a started target; adds its report to `outcome`
+/// and raises the recorded peak memory.
+fn measure_load(
+    running: &Running,
+    load: &Load,
+    bar: &ProgressBar,
+    base: u64,
+    outcome: &mut Outcome,
+) -> Result<(), BenchError> {
     let headers: Vec<String> = running
         .cookie
         .iter()
@@ -410,33 +460,38 @@ fn measure_load(target: Target, ctx: &Ctx, load: &Load, bar: &ProgressBar, base:
         .collect();
     let url = format!("http://{}{}", running.addr, configs::FILE);
     let pid = running.guard.as_ref().map(Guard::pid);
-    let mut peak = pid.map(proc::tree_rss_kb);
+    let mut peak = outcome.peak_rss_kb.max(pid.map(proc::tree_rss_kb));
     let total = load.duration.as_secs_f64().max(1.0);
     let result = wrk::run(&url, &headers, load, |elapsed| {
         if let Some(pid) = pid {
-            let rss = proc::tree_rss_kb(pid);
-            peak = peak.max(Some(rss));
+            peak = peak.max(Some(proc::tree_rss_kb(pid)));
         }
         let frac = (elapsed.as_secs_f64() / total).min(1.0);
         bar.set_position(base + (frac * 100.0) as u64);
     });
-    match result {
-        Ok(report) => {
-            if report.non_2xx > 0 || report.socket_errors > 0 {
-                bar.println(format!(
-                    "{}: {} non-2xx responses, {} socket errors",
-                    target.name(),
-                    report.non_2xx,
-                    report.socket_errors
-                ));
-            }
-            outcome.report = Some(report);
-        }
-        Err(e) => outcome.error = Some(e.to_string()),
-    }
     outcome.peak_rss_kb = peak;
-    drop(running);
-    outcome
+    let report = result?;
+    if report.non_2xx > 0 || report.socket_errors > 0 {
+        note(
+            bar,
+            format!(
+                "{}: {} non-2xx responses, {} socket errors",
+                running.name, report.non_2xx, report.socket_errors
+            ),
+        );
+    }
+    outcome.runs.push(report);
+    Ok(())
+}
+
+/// The run with the median requests/s (the lower middle one of an even
+/// count), so latency and rate come from the same run.
+fn median_by_rps(runs: &[Report]) -> Option<Report> {
+    let mut sorted: Vec<&Report> = runs.iter().collect();
+    sorted.sort_by(|a, b| a.rps.total_cmp(&b.rps));
+    sorted
+        .get(sorted.len().saturating_sub(1) / 2)
+        .map(|r| (*r).clone())
 }
 
 /// Starts `target` afresh, opens `count` idle keep-alive connections that
@@ -622,6 +677,15 @@ mod tests {
         assert_eq!(parsed["haproxy_rss_mb_10k_idle"], 10.0);
         assert_eq!(parsed["haproxy_sticky"], true);
         assert_eq!(parsed["remora_rss_mb_10k_idle"], Value::Null);
+    }
+
+    #[test]
+    fn median_run_is_the_middle_rate() {
+        assert_eq!(median_by_rps(&[]), None);
+        let runs = [report(3.0, 1.0), report(1.0, 2.0), report(2.0, 3.0)];
+        assert_eq!(median_by_rps(&runs).map(|r| r.p99_ms), Some(3.0));
+        let even = [report(4.0, 1.0), report(1.0, 2.0)];
+        assert_eq!(median_by_rps(&even).map(|r| r.rps), Some(1.0));
     }
 
     #[test]
