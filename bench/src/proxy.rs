@@ -393,7 +393,10 @@ fn start(target: Target, ctx: &Ctx) -> Result<Running, BenchError> {
             write_file(&keys, &format!("{}\n", remora_seal::generate_key_b64()))?;
             let admin = SocketAddr::from(([127, 0, 0, 1], proc::free_port()?));
             let path = ctx.dir.join("remora.toml");
-            write_file(&path, &configs::remora(listen, admin, ctx.backend, &keys))?;
+            write_file(
+                &path,
+                &configs::remora(listen, admin, ctx.backend, &keys, &ctx.limits),
+            )?;
             let mut cmd = Command::new(bin);
             cmd.arg("serve").arg("--config").arg(&path);
             Guard::spawn("remora", cmd, &ctx.dir.join("remora.log"))?

@@ -149,10 +149,21 @@ backend app
 }
 
 /// Remora: one listener, one pool of the backend twice, cookie affinity,
-/// HTTP health checks, a keyring in `keys`.
-pub fn remora(listen: SocketAddr, admin: SocketAddr, backend: SocketAddr, keys: &Path) -> String {
+/// HTTP health checks, a keyring in `keys`; keep-alive idle timeout as long
+/// as HAProxy's and room for the idle clients.
+pub fn remora(
+    listen: SocketAddr,
+    admin: SocketAddr,
+    backend: SocketAddr,
+    keys: &Path,
+    limits: &Limits,
+) -> String {
     format!(
-        "[admin]
+        "[limits]
+idle_timeout = \"600s\"
+max_connections = {max_connections}
+
+[admin]
 listen = \"{admin}\"
 token = \"bench-token\"
 
@@ -189,6 +200,7 @@ name = \"b2\"
 address = \"{backend}\"
 ",
         keys = keys.display(),
+        max_connections = limits.max_clients + 100,
     )
 }
 
@@ -242,11 +254,43 @@ mod tests {
 
     #[test]
     fn remora_config_uses_the_documented_names() {
-        let cfg = remora(addr(1), addr(2), addr(3), Path::new("/k"));
+        let cfg = remora(addr(1), addr(2), addr(3), Path::new("/k"), &limits());
+        assert!(cfg.contains("max_connections = 10100"));
         assert!(cfg.contains("mode = \"cookie\""));
         assert!(cfg.contains("cookie = \"REMORA_AFFINITY\""));
         assert!(cfg.contains("[pool.health]"));
         assert_eq!(cfg.matches("[[pool.server]]").count(), 2);
+    }
+
+    /// `remora check` accepts the generated config, when `REMORA_BIN` names
+    /// a binary that has the subcommand (`scripts/test-all` sets it).
+    #[test]
+    fn remora_check_accepts_the_config() {
+        let Some(bin) = std::env::var_os("REMORA_BIN") else {
+            eprintln!("skipping remora check: REMORA_BIN is not set");
+            return;
+        };
+        let help = std::process::Command::new(&bin)
+            .arg("--help")
+            .output()
+            .expect("run remora --help");
+        if !String::from_utf8_lossy(&help.stdout).contains("check") {
+            eprintln!("skipping remora check: this remora has no `check` subcommand yet");
+            return;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let keys = dir.path().join("remora.keys");
+        std::fs::write(&keys, format!("{}\n", remora_seal::generate_key_b64())).expect("keys");
+        let path = dir.path().join("remora.toml");
+        let cfg = remora(addr(18081), addr(18082), addr(18083), &keys, &limits());
+        std::fs::write(&path, cfg).expect("write");
+        let out = std::process::Command::new(&bin)
+            .arg("check")
+            .arg("--config")
+            .arg(&path)
+            .output()
+            .expect("run remora check");
+        assert!(out.status.success(), "{out:?}");
     }
 
     /// Validates the generated files with the real programs when they are
