@@ -1,6 +1,9 @@
 //! The `remora` binary: one module per subcommand.
 
+mod check;
 mod keygen;
+mod serve;
+mod test_backend;
 
 use std::process::ExitCode;
 
@@ -16,6 +19,13 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the load balancer (`--config FILE`); SIGTERM drains, SIGHUP reloads.
+    Serve(serve::Args),
+    /// Validate a configuration and print it resolved; exit 2 on a mistake.
+    Check(check::Args),
+    /// A tiny HTTP/WebSocket backend for tests and examples.
+    #[command(hide = true)]
+    TestBackend(test_backend::Args),
     /// Print a fresh 256-bit sealing key (base64url), for the `[keys]` file.
     Keygen(keygen::Args),
 }
@@ -23,6 +33,9 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Serve(args) => serve::run(args),
+        Command::Check(args) => check::run(args),
+        Command::TestBackend(args) => test_backend::run(args),
         Command::Keygen(args) => keygen::run(args),
     }
 }

@@ -1,0 +1,315 @@
+//! One client request, end to end: limits, routing, affinity, selection,
+//! forwarding with retries and repin, the response, the access log and
+//! metrics.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Instant, SystemTime};
+
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Version};
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use crate::affinity::{Decision, Outcome};
+use crate::forward::{
+    self, BoxError, ClientInfo, ForwardError, LimitedBody, ProxyBody, add_forwarding, append_list,
+    header_bytes, idempotent, local, request_host, strip_hop_by_hop, upstream_uri,
+};
+use crate::metrics::{AffinityLabels, RequestLabels};
+use crate::pool::Pool;
+use crate::select::RequestKey;
+use crate::serve::Shared;
+use crate::{route, websocket};
+
+/// Facts about one client connection, shared by its requests.
+#[derive(Debug)]
+pub struct ConnCtx {
+    /// The listener address it was accepted on.
+    pub listen: SocketAddr,
+    /// Client address and TLS flag.
+    pub client: ClientInfo,
+    /// Requests in flight on this connection (idle timeout waits for 0).
+    pub inflight: Arc<AtomicUsize>,
+}
+
+struct InflightGuard(Arc<AtomicUsize>);
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What the access log and metrics need to know about a request.
+#[derive(Debug, Default)]
+pub struct RequestInfo {
+    /// Pool name (`-` before routing).
+    pub pool: String,
+    /// Server that answered (or was last tried).
+    pub server: Option<String>,
+    /// Affinity outcome.
+    pub outcome: Option<Outcome>,
+    /// Retries performed.
+    pub retries: u32,
+}
+
+/// Handles one request (the hyper service function).
+pub async fn handle(
+    shared: Arc<Shared>,
+    ctx: Arc<ConnCtx>,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    ctx.inflight.fetch_add(1, Ordering::Relaxed);
+    let guard = InflightGuard(ctx.inflight.clone());
+    let start = Instant::now();
+    let method = req.method().clone();
+    let path: String = req.uri().path().chars().take(256).collect();
+    let mut info = RequestInfo {
+        pool: "-".into(),
+        ..RequestInfo::default()
+    };
+    let resp = proxy(&shared, &ctx, req, &mut info).await;
+    let status = resp.status();
+    let elapsed = start.elapsed();
+    let server = info.server.as_deref().unwrap_or("-");
+    let m = &shared.metrics;
+    m.requests
+        .get_or_create(&RequestLabels {
+            pool: info.pool.clone(),
+            server: server.to_string(),
+            code: status.as_u16(),
+        })
+        .inc();
+    m.duration.observe(elapsed.as_secs_f64());
+    let (outcome, reason) = match info.outcome {
+        Some(o) => (o.as_str(), o.reason().map(|r| r.as_str()).unwrap_or("")),
+        None => ("none", ""),
+    };
+    if info.outcome.is_some() {
+        m.affinity
+            .get_or_create(&AffinityLabels {
+                pool: info.pool.clone(),
+                outcome: outcome.to_string(),
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+    tracing::info!(
+        target: "remora::access",
+        client = %ctx.client.addr,
+        %method,
+        path,
+        pool = %info.pool,
+        server,
+        affinity = outcome,
+        reason,
+        status = status.as_u16(),
+        retries = info.retries,
+        duration_ms = elapsed.as_secs_f64() * 1000.0,
+        "request"
+    );
+    Ok(resp.map(move |b| {
+        b.map_frame(move |f| {
+            let _held = &guard;
+            f
+        })
+        .boxed()
+    }))
+}
+
+/// 503 with `Retry-After` when no server can take the request.
+pub fn no_server(reason: &str) -> Response<ProxyBody> {
+    let mut r = local(StatusCode::SERVICE_UNAVAILABLE, reason);
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    r
+}
+
+fn content_length(req: &Request<Incoming>) -> Option<u64> {
+    req.headers()
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+async fn proxy(
+    shared: &Arc<Shared>,
+    ctx: &ConnCtx,
+    req: Request<Incoming>,
+    info: &mut RequestInfo,
+) -> Response<ProxyBody> {
+    let rt = shared.runtime.load_full();
+    let Some(lst) = rt.listeners.get(&ctx.listen).cloned() else {
+        return no_server("listener closed\n");
+    };
+    let limits = &lst.config.limits;
+    if header_bytes(req.headers(), req.uri()) > limits.max_header_bytes {
+        return local(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "request header fields too large\n",
+        );
+    }
+    if content_length(&req).is_some_and(|n| n > limits.max_body_bytes) {
+        return local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
+    }
+    let host = request_host(&req);
+    let pool_name = route::pool_for(&lst.config, host.as_deref(), req.uri().path());
+    info.pool = pool_name.to_string();
+    let Some(pool) = rt.pools.get(pool_name).cloned() else {
+        return no_server("no such pool\n");
+    };
+    let key =
+        RequestKey::new(ctx.client.addr.ip(), req.headers(), req.uri()).with_tls(ctx.client.tls);
+    let decision = pool.affinity.resolve(
+        &key,
+        pool.entries(),
+        &*pool,
+        pool.selector(),
+        SystemTime::now(),
+    );
+    info.outcome = decision.outcome();
+    if decision.is_refused() {
+        return no_server("pinned server unavailable (strict affinity)\n");
+    }
+    if decision.candidates().is_empty() {
+        return no_server("no server available\n");
+    }
+    if websocket::is_upgrade(&req) {
+        return websocket::proxy(shared, ctx, &pool, decision, req, host, info).await;
+    }
+    forward_with_retries(shared, ctx, &pool, decision, req, host, info, limits).await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn forward_with_retries(
+    shared: &Arc<Shared>,
+    ctx: &ConnCtx,
+    pool: &Arc<Pool>,
+    mut decision: Decision,
+    req: Request<Incoming>,
+    host: Option<String>,
+    info: &mut RequestInfo,
+    limits: &crate::config::Limits,
+) -> Response<ProxyBody> {
+    let (mut parts, body) = req.into_parts();
+    let body_empty = body.is_end_stream();
+    let retry_any = idempotent(&parts.method) && body_empty;
+    let client_version = parts.version;
+    strip_hop_by_hop(&mut parts.headers);
+    add_forwarding(
+        &mut parts.headers,
+        &ctx.client,
+        client_version,
+        host.as_deref(),
+    );
+    if !parts.headers.contains_key(header::HOST) {
+        if let Some(v) = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok()) {
+            parts.headers.insert(header::HOST, v);
+        }
+    }
+    let exceeded = Arc::new(AtomicBool::new(false));
+    let mut body: Option<ProxyBody> = (!body_empty)
+        .then(|| LimitedBody::new(body, limits.max_body_bytes, exceeded.clone()).boxed());
+    let health = &pool.config.health;
+    let max_attempts = pool.config.retries.saturating_add(1);
+    let mut attempt = 0u32;
+    loop {
+        let Some(server) = decision.server().and_then(|i| pool.servers.get(i)).cloned() else {
+            return no_server("no server available\n");
+        };
+        info.server = Some(server.name().to_string());
+        let Some(uri) = upstream_uri(&server.config.address, &parts.uri) else {
+            return local(StatusCode::BAD_REQUEST, "bad request target\n");
+        };
+        let mut up = Request::new(body.take().unwrap_or_else(forward::empty));
+        *up.method_mut() = parts.method.clone();
+        *up.uri_mut() = uri;
+        *up.version_mut() = Version::HTTP_11;
+        *up.headers_mut() = parts.headers.clone();
+        let guard = server.begin();
+        let t0 = Instant::now();
+        match forward::send(&shared.client, up, limits.server_timeout).await {
+            Ok(resp) => {
+                server.live.stats.observe_latency(t0.elapsed());
+                if resp.status().is_server_error() {
+                    if server.record_failure(health.passive_fall, health.passive_backoff) {
+                        tracing::warn!(
+                            pool = pool.name(),
+                            server = server.name(),
+                            "server DOWN (passive: consecutive 5xx)"
+                        );
+                    }
+                } else {
+                    server.record_success();
+                }
+                let idx = server.index;
+                let (mut rp, rbody) = resp.into_parts();
+                let set_cookie = pool.affinity.on_response(
+                    &decision,
+                    idx,
+                    pool.entries(),
+                    &rp.headers,
+                    SystemTime::now(),
+                );
+                strip_hop_by_hop(&mut rp.headers);
+                append_list(&mut rp.headers, header::VIA, "1.1 remora");
+                if let Some(c) = set_cookie {
+                    rp.headers.append(header::SET_COOKIE, c);
+                }
+                let body = rbody
+                    .map_err(|e| Box::new(e) as BoxError)
+                    .map_frame(move |f| {
+                        let _held = &guard;
+                        f
+                    })
+                    .boxed();
+                return Response::from_parts(rp, body);
+            }
+            Err(e) => {
+                drop(guard);
+                if exceeded.load(Ordering::Relaxed) {
+                    return local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
+                }
+                if matches!(e, ForwardError::Timeout) {
+                    tracing::warn!(pool = pool.name(), server = server.name(), "server timeout");
+                    return local(StatusCode::GATEWAY_TIMEOUT, "server timeout\n");
+                }
+                let connect = matches!(e, ForwardError::Connect(_));
+                if server.record_failure(health.passive_fall, health.passive_backoff) {
+                    tracing::warn!(pool = pool.name(), server = server.name(), error = %crate::admin::error_chain(&e), "server DOWN (passive: consecutive errors)");
+                }
+                attempt += 1;
+                let can_retry = attempt < max_attempts && (retry_any || (connect && body_empty));
+                tracing::debug!(pool = pool.name(), server = server.name(), error = %crate::admin::error_chain(&e), can_retry, "forward failed");
+                if !can_retry {
+                    return local(StatusCode::BAD_GATEWAY, "bad gateway\n");
+                }
+                shared
+                    .metrics
+                    .retries
+                    .get_or_create(&crate::metrics::PoolLabels {
+                        pool: pool.name().to_string(),
+                    })
+                    .inc();
+                info.retries += 1;
+                decision = pool.affinity.repin_after_failure(
+                    &decision,
+                    server.index,
+                    pool.entries(),
+                    &**pool,
+                );
+                info.outcome = decision.outcome();
+                if decision.is_refused() {
+                    return no_server("pinned server unavailable (strict affinity)\n");
+                }
+            }
+        }
+    }
+}
