@@ -1,0 +1,229 @@
+//! The session record: the unit a [`Store`](crate::Store) keeps and a replica
+//! seals.
+//!
+//! Times are Unix epoch milliseconds (`u64`), so a record means the same on
+//! every server and maps directly onto Redis `PEXPIREAT` and SQL integers.
+
+use std::collections::BTreeMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+/// The current time in Unix epoch milliseconds.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// One attribute of a session.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attribute {
+    /// The value, as JSON.
+    pub value: serde_json::Value,
+    /// Unix ms after which the attribute no longer exists (per-attribute TTL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+    /// A once-only value: it can be taken exactly once
+    /// ([`Session::take_once`](crate::Session::take_once)) and is never put in
+    /// a replica.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub once: bool,
+    /// A server-only value: kept in the store, never put in a replica.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub server_only: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+impl Attribute {
+    /// A plain attribute with no expiry and no flags.
+    pub fn new(value: serde_json::Value) -> Self {
+        Attribute {
+            value,
+            expires_at: None,
+            once: false,
+            server_only: false,
+        }
+    }
+
+    /// Whether the attribute has expired at `now` (Unix ms).
+    pub fn is_expired(&self, now: u64) -> bool {
+        self.expires_at.is_some_and(|t| t <= now)
+    }
+}
+
+/// A whole session as stored: identity, version, deadlines and attributes.
+///
+/// Serializable with `serde_json`. The replica layer seals
+/// [`Record::to_replica_record`] and restores with
+/// [`SessionLayer`](crate::SessionLayer)'s hooks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// The session ID (see [`crate::id`]).
+    pub id: String,
+    /// Version for compare-and-set: 0 = never stored; every successful save
+    /// writes a higher version.
+    pub version: u64,
+    /// Creation time, Unix ms.
+    pub created_at: u64,
+    /// Last access that was recorded (save or touch), Unix ms.
+    pub accessed_at: u64,
+    /// The session ends at this time unless it is used again (sliding idle
+    /// timeout), Unix ms.
+    pub idle_deadline: u64,
+    /// The session ends at this time whatever happens (absolute lifetime),
+    /// Unix ms.
+    pub absolute_deadline: u64,
+    /// Attributes by key.
+    pub attributes: BTreeMap<String, Attribute>,
+}
+
+impl Record {
+    /// A new empty record created at `now` with the given timeouts (ms).
+    pub fn new(id: String, now: u64, idle_ms: u64, absolute_ms: u64) -> Self {
+        let absolute_deadline = now.saturating_add(absolute_ms);
+        Record {
+            id,
+            version: 0,
+            created_at: now,
+            accessed_at: now,
+            idle_deadline: now.saturating_add(idle_ms).min(absolute_deadline),
+            absolute_deadline,
+            attributes: BTreeMap::new(),
+        }
+    }
+
+    /// When the session ends if nothing happens: the earlier deadline.
+    pub fn expires_at(&self) -> u64 {
+        self.idle_deadline.min(self.absolute_deadline)
+    }
+
+    /// Whether the session has ended at `now`.
+    pub fn is_expired(&self, now: u64) -> bool {
+        self.expires_at() <= now
+    }
+
+    /// Removes attributes whose own TTL has passed; returns how many.
+    pub fn purge_expired_attributes(&mut self, now: u64) -> usize {
+        let before = self.attributes.len();
+        self.attributes.retain(|_, a| !a.is_expired(now));
+        before - self.attributes.len()
+    }
+
+    /// The copy of this record that may leave the server: once-only and
+    /// server-only attributes removed. This is exactly what a replica seals.
+    pub fn to_replica_record(&self) -> Record {
+        let mut r = self.clone();
+        r.attributes.retain(|_, a| !a.once && !a.server_only);
+        r
+    }
+
+    /// Serialized size in bytes (the size the limit applies to).
+    pub fn encoded_len(&self) -> usize {
+        serde_json::to_vec(self)
+            .map(|v| v.len())
+            .unwrap_or(usize::MAX)
+    }
+
+    /// Serializes the record as JSON.
+    pub fn to_json(&self) -> Result<Vec<u8>, serde_json::Error> {
+        serde_json::to_vec(self)
+    }
+
+    /// Parses a record from JSON.
+    pub fn from_json(bytes: &[u8]) -> Result<Record, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+
+    /// Slides the idle deadline: accessed now, idle deadline `now + idle_ms`
+    /// (never past the absolute deadline).
+    pub fn slide(&mut self, now: u64, idle_ms: u64) {
+        self.accessed_at = self.accessed_at.max(now);
+        self.idle_deadline = now
+            .saturating_add(idle_ms)
+            .min(self.absolute_deadline)
+            .max(self.idle_deadline);
+    }
+}
+
+/// A change one server made to one attribute, used to merge on a version
+/// conflict.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// The attribute was set to this value.
+    Set(Attribute),
+    /// The attribute was removed.
+    Removed,
+}
+
+/// Merges local changes into the newer `current` record from the store.
+///
+/// Rules (documented in `docs/sessions.md`): attributes this server changed
+/// (set or removed) win; every other attribute keeps the stored value;
+/// deadlines and access time take the later of the two; the result's version
+/// is `current.version + 1`.
+pub fn merge(current: &Record, local: &Record, changes: &BTreeMap<String, Change>) -> Record {
+    let mut out = current.clone();
+    for (k, c) in changes {
+        match c {
+            Change::Set(a) => {
+                out.attributes.insert(k.clone(), a.clone());
+            }
+            Change::Removed => {
+                out.attributes.remove(k);
+            }
+        }
+    }
+    out.accessed_at = out.accessed_at.max(local.accessed_at);
+    out.idle_deadline = out
+        .idle_deadline
+        .max(local.idle_deadline)
+        .min(out.absolute_deadline);
+    out.version = current.version + 1;
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replica_record_drops_once_and_server_only() {
+        let mut r = Record::new("x".into(), 0, 10, 100);
+        r.attributes
+            .insert("a".into(), Attribute::new(serde_json::json!(1)));
+        let mut once = Attribute::new(serde_json::json!(2));
+        once.once = true;
+        r.attributes.insert("o".into(), once);
+        let mut so = Attribute::new(serde_json::json!(3));
+        so.server_only = true;
+        r.attributes.insert("s".into(), so);
+        let rr = r.to_replica_record();
+        assert_eq!(rr.attributes.keys().collect::<Vec<_>>(), vec!["a"]);
+        let back = Record::from_json(&r.to_json().unwrap()).unwrap();
+        assert_eq!(back, r);
+    }
+
+    #[test]
+    fn merge_keeps_other_writers_attributes() {
+        let mut base = Record::new("x".into(), 0, 10, 100);
+        base.version = 1;
+        let mut current = base.clone();
+        current.version = 2;
+        current
+            .attributes
+            .insert("b".into(), Attribute::new(serde_json::json!("theirs")));
+        let mut changes = BTreeMap::new();
+        changes.insert(
+            "a".to_string(),
+            Change::Set(Attribute::new(serde_json::json!("ours"))),
+        );
+        let m = merge(&current, &base, &changes);
+        assert_eq!(m.version, 3);
+        assert_eq!(m.attributes.len(), 2);
+    }
+}

@@ -1,0 +1,289 @@
+//! Shared test helpers: real Redis/PostgreSQL (from the environment or a
+//! private server started from PATH), and an in-process request driver.
+#![allow(missing_docs)]
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use http::{Request, Response, StatusCode, header};
+use http_body_util::BodyExt;
+use tower::ServiceExt;
+
+pub mod app;
+
+/// Whether missing services must fail the test instead of skipping it.
+pub fn required() -> bool {
+    std::env::var("REMORA_REQUIRE_SERVICES").is_ok_and(|v| v == "1")
+}
+
+/// Skip (print why) or, under `REMORA_REQUIRE_SERVICES=1`, fail.
+pub fn skip(reason: &str) {
+    if required() {
+        panic!("required service unavailable: {reason}");
+    }
+    eprintln!("SKIPPED: {reason}");
+}
+
+/// A process-unique name fragment.
+pub fn unique(tag: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{tag}_{}_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst),
+        remora_session::record::now_ms() % 1_000_000
+    )
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn wait_port(port: u16, up: bool, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        let ok = std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+        if ok == up {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// A private `redis-server` on a free port, killed on drop.
+pub struct PrivateRedis {
+    pub port: u16,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl PrivateRedis {
+    pub fn start() -> Option<Self> {
+        let dir = tempfile::tempdir().ok()?;
+        let mut r = PrivateRedis {
+            port: free_port(),
+            child: None,
+            dir,
+        };
+        r.resume().then_some(r)
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server again on the same port.
+    pub fn resume(&mut self) -> bool {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        match child {
+            Ok(c) => {
+                self.child = Some(c);
+                wait_port(self.port, true, Duration::from_secs(10))
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Kills the server and waits until the port is closed.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        wait_port(self.port, false, Duration::from_secs(5));
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A Redis URL: `REDIS_URL`, or a private server (returned to keep alive).
+pub fn redis() -> Option<(String, Option<PrivateRedis>)> {
+    if let Ok(u) = std::env::var("REDIS_URL") {
+        return Some((u, None));
+    }
+    match PrivateRedis::start() {
+        Some(p) => Some((p.url(), Some(p))),
+        None => {
+            skip("no REDIS_URL and no redis-server on PATH could be started");
+            None
+        }
+    }
+}
+
+/// A private PostgreSQL cluster in a temp dir, stopped on drop.
+pub struct PrivatePostgres {
+    pub port: u16,
+    child: Option<Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl PrivatePostgres {
+    pub fn start() -> Option<Self> {
+        let dir = tempfile::tempdir().ok()?;
+        let data = dir.path().join("data");
+        let ok = Command::new("initdb")
+            .args(["-U", "postgres", "-A", "trust", "-D"])
+            .arg(&data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            return None;
+        }
+        let port = free_port();
+        let child = Command::new("postgres")
+            .arg("-D")
+            .arg(&data)
+            .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"])
+            .arg("-k")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let p = PrivatePostgres {
+            port,
+            child: Some(child),
+            _dir: dir,
+        };
+        wait_port(port, true, Duration::from_secs(20)).then_some(p)
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A PostgreSQL URL: `DATABASE_URL`, or a private server.
+pub fn postgres() -> Option<(String, Option<PrivatePostgres>)> {
+    if let Ok(u) = std::env::var("DATABASE_URL") {
+        return Some((u, None));
+    }
+    match PrivatePostgres::start() {
+        Some(p) => Some((
+            format!("postgres://postgres@127.0.0.1:{}/postgres", p.port),
+            Some(p),
+        )),
+        None => {
+            skip(
+                "no DATABASE_URL and no private postgres could be started (initdb/postgres on PATH, not as root)",
+            );
+            None
+        }
+    }
+}
+
+/// A client for in-process requests that keeps one session cookie.
+#[derive(Clone, Default)]
+pub struct Browser {
+    pub cookie: Option<String>,
+}
+
+/// A response with its body read.
+#[derive(Debug)]
+pub struct Got {
+    pub status: StatusCode,
+    pub headers: http::HeaderMap,
+    pub body: String,
+}
+
+impl Got {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+
+    pub fn set_cookie(&self) -> Option<String> {
+        self.headers
+            .get(header::SET_COOKIE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    }
+}
+
+impl Browser {
+    pub fn request(&self, method: &str, path: &str, body: Option<&str>) -> Request<Body> {
+        let mut b = Request::builder().method(method).uri(path);
+        if let Some(c) = &self.cookie {
+            b = b.header(header::COOKIE, c);
+        }
+        if body.is_some() {
+            b = b.header(header::CONTENT_TYPE, "application/json");
+        }
+        b.body(Body::from(body.unwrap_or_default().to_owned()))
+            .expect("request")
+    }
+
+    /// Takes the cookie from a response, like a browser would.
+    pub fn absorb(&mut self, got: &Got) {
+        if let Some(sc) = got.set_cookie() {
+            let first = sc.split(';').next().unwrap_or_default().to_owned();
+            if sc.contains("Max-Age=0") {
+                self.cookie = None;
+            } else {
+                self.cookie = Some(first);
+            }
+        }
+    }
+
+    pub async fn send(&mut self, app: &Router, req: Request<Body>) -> Got {
+        let resp = app.clone().oneshot(req).await.expect("infallible");
+        let got = read(resp).await;
+        self.absorb(&got);
+        got
+    }
+
+    pub async fn call(&mut self, app: &Router, method: &str, path: &str) -> Got {
+        let req = self.request(method, path, None);
+        self.send(app, req).await
+    }
+}
+
+pub async fn read(resp: Response<Body>) -> Got {
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map(|c| String::from_utf8_lossy(&c.to_bytes()).into_owned())
+        .unwrap_or_default();
+    Got {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// The session ID in a `name=value` cookie.
+pub fn cookie_id(cookie: &str) -> String {
+    cookie
+        .split_once('=')
+        .map(|(_, v)| v.to_owned())
+        .unwrap_or_default()
+}
