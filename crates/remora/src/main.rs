@@ -1,5 +1,6 @@
 //! The `remora` binary: one module per subcommand.
 
+mod bayeux;
 mod check;
 mod keygen;
 mod serve;
@@ -28,6 +29,8 @@ enum Command {
     TestBackend(test_backend::Args),
     /// Print a fresh 256-bit sealing key (base64url), for the `[keys]` file.
     Keygen(keygen::Args),
+    /// Serve Bayeux (CometD/Faye compatible) at `/cometd`.
+    Bayeux(bayeux::Args),
 }
 
 fn main() -> ExitCode {
@@ -37,5 +40,6 @@ fn main() -> ExitCode {
         Command::Check(args) => check::run(args),
         Command::TestBackend(args) => test_backend::run(args),
         Command::Keygen(args) => keygen::run(args),
+        Command::Bayeux(args) => bayeux::run(args),
     }
 }
