@@ -289,7 +289,11 @@ async fn forward_with_retries(
                 let can_retry = attempt < max_attempts && (retry_any || (connect && body_empty));
                 tracing::debug!(pool = pool.name(), server = server.name(), error = %crate::admin::error_chain(&e), can_retry, "forward failed");
                 if !can_retry {
-                    return local(StatusCode::BAD_GATEWAY, "bad gateway\n");
+                    return if connect {
+                        no_server("no server reachable\n")
+                    } else {
+                        local(StatusCode::BAD_GATEWAY, "bad gateway\n")
+                    };
                 }
                 shared
                     .metrics

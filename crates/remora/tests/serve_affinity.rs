@@ -1,0 +1,315 @@
+//! `remora serve` against real backends: stickiness, repin, drain, reload,
+//! WebSocket.
+
+mod serve_support;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serve_support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sticky_over_50_requests_and_spread_without_cookie() {
+    let (b1, b2, b3) = (backend("b1"), backend("b2"), backend("b3"));
+    let (addr, adm) = (free_addr(), free_addr());
+    let r = start(
+        &config(addr, adm, "", COOKIE_POOL, &servers_toml(&[&b1, &b2, &b3])),
+        addr,
+        adm,
+    );
+    let c = client();
+    let first = whoami(&c, &r, None).await;
+    assert_eq!(first.status, 200);
+    let cookie = first.affinity_cookie().expect("affinity cookie issued");
+    assert!(
+        !cookie.contains("b1") && !cookie.contains("127.0.0.1"),
+        "cookie must not leak the server: {cookie}"
+    );
+    for i in 0..50 {
+        let resp = whoami(&c, &r, Some(&cookie)).await;
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.body, first.body, "request {i} left its server");
+    }
+    let mut seen = HashSet::new();
+    for _ in 0..12 {
+        seen.insert(whoami(&c, &r, None).await.body);
+    }
+    assert_eq!(
+        seen.len(),
+        3,
+        "new clients spread over all servers: {seen:?}"
+    );
+    // A tampered cookie is "invalid" and gets a fresh pin, never an error.
+    let tampered = format!("{}x", cookie);
+    let resp = whoami(&c, &r, Some(&tampered)).await;
+    assert_eq!(resp.status, 200);
+    assert!(resp.affinity_cookie().is_some());
+    let metrics = admin(&c, &r, "GET", "/metrics", "").await.body;
+    assert!(
+        metrics.contains(r#"remora_affinity_total{pool="app",outcome="hit",reason=""} 50"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains(r#"outcome="invalid""#), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repin_after_pinned_backend_dies_without_client_error() {
+    let (mut b1, mut b2) = (backend("b1"), backend("b2"));
+    let (addr, adm) = (free_addr(), free_addr());
+    // Slow health checks: the proxy learns of the death from the refused connection.
+    let pool = COOKIE_POOL.replace("interval = \"200ms\"", "interval = \"60s\"");
+    let r = start(
+        &config(addr, adm, "", &pool, &servers_toml(&[&b1, &b2])),
+        addr,
+        adm,
+    );
+    let c = client();
+    let first = whoami(&c, &r, None).await;
+    let cookie = first.affinity_cookie().expect("cookie");
+    let pinned = first.body.clone();
+    if pinned == "b1" {
+        b1.proc.kill();
+    } else {
+        b2.proc.kill();
+    }
+    let resp = whoami(&c, &r, Some(&cookie)).await;
+    assert_eq!(resp.status, 200, "GET must be retried on the repin target");
+    assert_ne!(resp.body, pinned);
+    let new_cookie = resp.affinity_cookie().expect("client gets the new cookie");
+    assert_ne!(new_cookie, cookie);
+    // Both the new cookie and (deterministically) the old one now land on the new server.
+    for _ in 0..5 {
+        assert_eq!(whoami(&c, &r, Some(&new_cookie)).await.body, resp.body);
+        assert_eq!(whoami(&c, &r, Some(&cookie)).await.body, resp.body);
+    }
+    let metrics = admin(&c, &r, "GET", "/metrics", "").await.body;
+    assert!(
+        metrics.contains(r#"outcome="repin",reason="connect_failed""#),
+        "{metrics}\n{}",
+        r.log()
+    );
+    assert!(r.log().contains("affinity=\"repin\"") || r.log().contains("affinity=repin"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_keeps_pinned_clients_and_sends_new_ones_elsewhere() {
+    let (b1, b2) = (backend("b1"), backend("b2"));
+    let (addr, adm) = (free_addr(), free_addr());
+    let r = start(
+        &config(addr, adm, "", COOKIE_POOL, &servers_toml(&[&b1, &b2])),
+        addr,
+        adm,
+    );
+    let c = client();
+    let first = whoami(&c, &r, None).await;
+    let cookie = first.affinity_cookie().expect("cookie");
+    let pinned = first.body.clone();
+    let resp = admin(
+        &c,
+        &r,
+        "PUT",
+        &format!("/api/pools/app/servers/{pinned}/state"),
+        r#"{"state":"drain"}"#,
+    )
+    .await;
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    for _ in 0..10 {
+        assert_eq!(whoami(&c, &r, Some(&cookie)).await.body, pinned);
+    }
+    for _ in 0..10 {
+        assert_ne!(whoami(&c, &r, None).await.body, pinned);
+    }
+    let servers = admin(&c, &r, "GET", "/api/servers", "").await.body;
+    assert!(servers.contains(r#""state":"drain""#), "{servers}");
+    // Maintenance: even pinned clients move (repin), without error.
+    admin(
+        &c,
+        &r,
+        "PUT",
+        &format!("/api/pools/app/servers/{pinned}/state"),
+        r#"{"state":"maintenance"}"#,
+    )
+    .await;
+    let moved = whoami(&c, &r, Some(&cookie)).await;
+    assert_eq!(moved.status, 200);
+    assert_ne!(moved.body, pinned);
+    let bad = admin(
+        &c,
+        &r,
+        "PUT",
+        "/api/pools/app/servers/b1/state",
+        r#"{"state":"x"}"#,
+    )
+    .await;
+    assert_eq!(bad.status, 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reload_under_traffic_drops_nothing_and_keeps_affinity() {
+    let (b1, b2, b3) = (backend("b1"), backend("b2"), backend("b3"));
+    let (addr, adm) = (free_addr(), free_addr());
+    let text = config(addr, adm, "", COOKIE_POOL, &servers_toml(&[&b1, &b2]));
+    let r = start(&text, addr, adm);
+    let c = client();
+    let first = whoami(&c, &r, None).await;
+    let cookie = first.affinity_cookie().expect("cookie");
+    let pinned = first.body.clone();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..3 {
+        let (stop, failures, done) = (stop.clone(), failures.clone(), done.clone());
+        let (url, cookie, pinned) = (
+            format!("http://{addr}/whoami"),
+            cookie.clone(),
+            pinned.clone(),
+        );
+        workers.push(tokio::spawn(async move {
+            let c = client();
+            while !stop.load(Ordering::Relaxed) {
+                match request(&c, "GET", &url, &[("cookie", &cookie)], "").await {
+                    Ok(r) if r.status == 200 && r.body == pinned => {}
+                    other => {
+                        eprintln!("failure during reload: {other:?}");
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    // Reload 1 (admin API): add b3, keep b1 and b2.
+    r.rewrite(&config(
+        addr,
+        adm,
+        "",
+        COOKIE_POOL,
+        &servers_toml(&[&b1, &b2, &b3]),
+    ));
+    let resp = admin(&c, &r, "POST", "/api/reload", "").await;
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    // Reload 2 (SIGHUP): change retries, reorder servers.
+    r.rewrite(&config(
+        addr,
+        adm,
+        "",
+        &COOKIE_POOL.replace("retries = 2", "retries = 3"),
+        &servers_toml(&[&b3, &b2, &b1]),
+    ));
+    r.proc.signal("HUP");
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            r.log().matches("configuration reloaded").count() >= 2
+        })
+        .await,
+        "{}",
+        r.log()
+    );
+    // Invalid config: 400 with the error, old config kept.
+    r.rewrite("[[listener]]\nname = 1\n");
+    let resp = admin(&c, &r, "POST", "/api/reload", "").await;
+    assert_eq!(resp.status, 400);
+    assert!(resp.body.contains("remora.toml:2:8"), "{}", resp.body);
+    let before = done.load(Ordering::Relaxed);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            done.load(Ordering::Relaxed) > before + 50
+        })
+        .await
+    );
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.expect("worker");
+    }
+    assert_eq!(failures.load(Ordering::Relaxed), 0, "{}", r.log());
+    assert!(done.load(Ordering::Relaxed) > 50);
+    let servers = admin(&c, &r, "GET", "/api/servers", "").await.body;
+    assert!(servers.contains("\"b3\""), "{servers}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_echo_follows_affinity() {
+    let (b1, b2) = (backend("b1"), backend("b2"));
+    let (addr, adm) = (free_addr(), free_addr());
+    let r = start(
+        &config(addr, adm, "", COOKIE_POOL, &servers_toml(&[&b1, &b2])),
+        addr,
+        adm,
+    );
+    let c = client();
+    let first = whoami(&c, &r, None).await;
+    let cookie = first.affinity_cookie().expect("cookie");
+    for _ in 0..3 {
+        let mut req =
+            tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+                format!("ws://{addr}/ws"),
+            )
+            .expect("ws request");
+        req.headers_mut()
+            .insert("cookie", cookie.parse().expect("cookie header"));
+        let (mut ws, resp) = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio_tungstenite::connect_async(req),
+        )
+        .await
+        .expect("ws connect timeout")
+        .expect("ws connect");
+        assert_eq!(resp.status(), 101);
+        for msg in ["hello", "again"] {
+            ws.send(tokio_tungstenite::tungstenite::Message::text(msg))
+                .await
+                .expect("send");
+            let reply = tokio::time::timeout(Duration::from_secs(5), ws.next())
+                .await
+                .expect("reply timeout")
+                .expect("stream open")
+                .expect("frame");
+            assert_eq!(
+                reply.into_text().expect("text").as_str(),
+                format!("{}:{msg}", first.body)
+            );
+        }
+        ws.close(None).await.ok();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_requests_then_exits_zero() {
+    let b1 = backend("b1");
+    let (addr, adm) = (free_addr(), free_addr());
+    let mut r = start(
+        &config(addr, adm, "", COOKIE_POOL, &servers_toml(&[&b1])),
+        addr,
+        adm,
+    );
+    let url = format!("http://{addr}/slow?ms=700");
+    let slow = tokio::spawn(async move {
+        let c = client();
+        request(&c, "GET", &url, &[], "").await
+    });
+    // Wait until the request is in flight at the backend.
+    let c = client();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            admin(&c, &r, "GET", "/api/servers", "")
+                .await
+                .body
+                .contains("\"active_connections\":1")
+        })
+        .await
+    );
+    r.proc.signal("TERM");
+    let resp = slow
+        .await
+        .expect("task")
+        .expect("in-flight request completes");
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.body, "b1");
+    let status = r.proc.wait_exit(Duration::from_secs(5)).expect("exits");
+    assert!(status.success(), "exit status {status:?}");
+}

@@ -1,0 +1,336 @@
+//! Shared helpers for the `serve_*` integration tests: real `remora serve`
+//! and `remora test-backend` processes, killed on drop.
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_remora");
+pub const TOKEN: &str = "test-token";
+
+/// A child process killed (and reaped) on drop.
+pub struct Proc {
+    pub child: Child,
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{sig} failed");
+    }
+
+    /// Waits for exit, at most `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A free local port (bound then released).
+pub fn free_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind :0");
+    l.local_addr().expect("local addr")
+}
+
+/// Waits until `addr` accepts TCP connections.
+pub fn wait_listening(addr: SocketAddr, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("{addr} never started listening");
+}
+
+/// A running test backend.
+pub struct Backend {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub proc: Proc,
+}
+
+pub fn backend(name: &str) -> Backend {
+    backend_with(name, &[])
+}
+
+pub fn backend_at(name: &str, addr: SocketAddr) -> Backend {
+    let child = Command::new(BIN)
+        .args([
+            "test-backend",
+            "--name",
+            name,
+            "--listen",
+            &addr.to_string(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn test-backend");
+    let proc = Proc { child };
+    wait_listening(addr, Duration::from_secs(10));
+    Backend {
+        name: name.to_string(),
+        addr,
+        proc,
+    }
+}
+
+pub fn backend_with(name: &str, extra: &[&str]) -> Backend {
+    let addr = free_addr();
+    let child = Command::new(BIN)
+        .args([
+            "test-backend",
+            "--name",
+            name,
+            "--listen",
+            &addr.to_string(),
+        ])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn test-backend");
+    let proc = Proc { child };
+    wait_listening(addr, Duration::from_secs(10));
+    Backend {
+        name: name.to_string(),
+        addr,
+        proc,
+    }
+}
+
+/// A running `remora serve`.
+pub struct Remora {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub proc: Proc,
+}
+
+impl Remora {
+    /// The server log so far (for assertion messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("remora.log")).unwrap_or_default()
+    }
+
+    pub fn rewrite(&self, text: &str) {
+        std::fs::write(&self.config, text).expect("write config");
+    }
+}
+
+/// The `[[pool.server]]` blocks for `backends`.
+pub fn servers_toml(backends: &[&Backend]) -> String {
+    backends
+        .iter()
+        .map(|b| {
+            format!(
+                "[[pool.server]]\nname = \"{}\"\naddress = \"{}\"\n",
+                b.name, b.addr
+            )
+        })
+        .collect()
+}
+
+/// A config with one listener at `addr`, an admin listener, and one pool
+/// "app" whose body is `pool_extra` followed by `servers`.
+pub fn config(
+    addr: SocketAddr,
+    admin: SocketAddr,
+    listener_extra: &str,
+    pool_extra: &str,
+    servers: &str,
+) -> String {
+    format!(
+        r#"[admin]
+listen = "{admin}"
+token = "{TOKEN}"
+
+[[listener]]
+name = "web"
+listen = "{addr}"
+pool = "app"
+{listener_extra}
+
+[[pool]]
+name = "app"
+{pool_extra}
+{servers}
+"#
+    )
+}
+
+/// Cookie affinity and fast health checks.
+pub const COOKIE_POOL: &str = r#"algorithm = "round-robin"
+retries = 2
+[pool.affinity]
+mode = "cookie"
+[pool.health]
+path = "/health"
+interval = "200ms"
+timeout = "200ms"
+rise = 1
+fall = 1
+"#;
+
+/// Starts `remora serve` with `text` (placeholders already filled).
+pub fn start(text: &str, addr: SocketAddr, admin: SocketAddr) -> Remora {
+    let dir = tempfile::tempdir().expect("tempdir");
+    start_in(dir, text, addr, admin)
+}
+
+pub fn start_in(dir: tempfile::TempDir, text: &str, addr: SocketAddr, admin: SocketAddr) -> Remora {
+    let config = dir.path().join("remora.toml");
+    std::fs::write(&config, text).expect("write config");
+    let log = std::fs::File::create(dir.path().join("remora.log")).expect("log file");
+    let child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("REMORA_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn remora serve");
+    let proc = Proc { child };
+    wait_listening(addr, Duration::from_secs(10));
+    wait_listening(admin, Duration::from_secs(10));
+    Remora {
+        dir,
+        config,
+        addr,
+        admin,
+        proc,
+    }
+}
+
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+pub fn client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// A response, read whole.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: String,
+}
+
+impl Resp {
+    /// The value of our affinity cookie in `Set-Cookie`, if any.
+    pub fn affinity_cookie(&self) -> Option<String> {
+        self.headers
+            .get_all(http::header::SET_COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find(|v| v.starts_with("REMORA_AFFINITY="))
+            .map(|v| v.split(';').next().unwrap_or("").to_string())
+    }
+}
+
+pub async fn request(
+    client: &HttpClient,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Result<Resp, String> {
+    let mut b = http::Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let req = b
+        .body(Full::new(Bytes::from(body.to_string())))
+        .map_err(|e| e.to_string())?;
+    let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
+        .await
+        .map_err(|_| "timeout".to_string())?
+        .map_err(|e| format!("{e:?}"))?;
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok(Resp {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}
+
+pub async fn get(client: &HttpClient, url: &str, headers: &[(&str, &str)]) -> Resp {
+    request(client, "GET", url, headers, "")
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+}
+
+/// `GET /whoami` through the proxy with an optional cookie.
+pub async fn whoami(client: &HttpClient, r: &Remora, cookie: Option<&str>) -> Resp {
+    let url = format!("http://{}/whoami", r.addr);
+    match cookie {
+        Some(c) => get(client, &url, &[("cookie", c)]).await,
+        None => get(client, &url, &[]).await,
+    }
+}
+
+pub async fn admin(client: &HttpClient, r: &Remora, method: &str, path: &str, body: &str) -> Resp {
+    let url = format!("http://{}{path}", r.admin);
+    let auth = format!("Bearer {TOKEN}");
+    request(client, method, &url, &[("authorization", &auth)], body)
+        .await
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+}
+
+/// Polls `f` until it returns true, at most `timeout`.
+pub async fn eventually<F, Fut>(timeout: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
