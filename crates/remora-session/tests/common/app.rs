@@ -109,6 +109,10 @@ pub fn router(layer: SessionLayer, sync: Sync) -> Router {
         .route("/info", get(info))
         .route("/fail", post(fail))
         .route("/plain", get(|| async { "plain" }))
+        .route(
+            "/restored",
+            get(|s: Session| async move { s.was_restored().await.map(|r| r.to_string()) }),
+        )
         .with_state(sync)
         .layer(layer)
 }

@@ -287,3 +287,106 @@ pub fn cookie_id(cookie: &str) -> String {
         .map(|(_, v)| v.to_owned())
         .unwrap_or_default()
 }
+
+/// Serves `app` on 127.0.0.1:0; the task is aborted on drop.
+pub struct Served {
+    pub addr: std::net::SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub async fn serve(app: Router) -> Served {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Served { addr, task }
+}
+
+type Client = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::Full<bytes::Bytes>,
+>;
+
+/// A real HTTP client keeping one session cookie.
+#[derive(Clone)]
+pub struct HttpBrowser {
+    pub base: String,
+    pub cookie: Option<String>,
+    client: Client,
+}
+
+impl HttpBrowser {
+    pub fn new(addr: std::net::SocketAddr) -> Self {
+        HttpBrowser {
+            base: format!("http://{addr}"),
+            cookie: None,
+            client: hyper_util::client::legacy::Client::builder(
+                hyper_util::rt::TokioExecutor::new(),
+            )
+            .build_http(),
+        }
+    }
+
+    pub async fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        content_type: Option<&str>,
+        body: &str,
+        extra: &[(&str, &str)],
+    ) -> Got {
+        let mut b = Request::builder()
+            .method(method)
+            .uri(format!("{}{}", self.base, path));
+        if let Some(c) = &self.cookie {
+            b = b.header(header::COOKIE, c);
+        }
+        if let Some(ct) = content_type {
+            b = b.header(header::CONTENT_TYPE, ct);
+        }
+        for (k, v) in extra {
+            b = b.header(*k, *v);
+        }
+        let req = b
+            .body(http_body_util::Full::new(bytes::Bytes::from(
+                body.to_owned(),
+            )))
+            .expect("request");
+        let resp = self.client.request(req).await.expect("http request");
+        let (parts, body) = resp.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map(|c| String::from_utf8_lossy(&c.to_bytes()).into_owned())
+            .unwrap_or_default();
+        let got = Got {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        };
+        let mut jar = Browser {
+            cookie: self.cookie.take(),
+        };
+        jar.absorb(&got);
+        self.cookie = jar.cookie;
+        got
+    }
+
+    pub async fn get(&mut self, path: &str) -> Got {
+        self.send("GET", path, None, "", &[]).await
+    }
+
+    pub async fn post_json(&mut self, path: &str, json: &str) -> Got {
+        self.send("POST", path, Some("application/json"), json, &[])
+            .await
+    }
+}

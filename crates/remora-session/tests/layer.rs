@@ -1,0 +1,373 @@
+//! Layer semantics with in-process requests: one shared object per session
+//! in a process, laziness, idle refresh, store failures, replica hooks,
+//! cookie attributes and CSRF.
+#![allow(missing_docs)]
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::routing::{get, post};
+use axum::{Form, Router};
+use common::app::{Sync, router};
+use common::{Browser, cookie_id};
+use http::{HeaderMap, HeaderValue, Request, StatusCode};
+use remora_session::store::BoxFuture;
+use remora_session::{
+    CsrfLayer, MemoryStore, OnStoreFailure, Record, ReplicaHooks, SaveOutcome, Session,
+    SessionLayer, Store, StoreError, UnknownIdOutcome,
+};
+
+/// Counts calls and can be made slow, around a memory store.
+#[derive(Default)]
+struct Probe {
+    inner: MemoryStore,
+    loads: AtomicUsize,
+    saves: AtomicUsize,
+    touches: AtomicUsize,
+    slow: std::sync::atomic::AtomicBool,
+}
+
+impl Probe {
+    async fn maybe_slow(&self) {
+        if self.slow.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        }
+    }
+}
+
+impl Store for Probe {
+    fn load<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<Record>, StoreError>> {
+        Box::pin(async move {
+            self.loads.fetch_add(1, Ordering::SeqCst);
+            self.maybe_slow().await;
+            self.inner.load(id).await
+        })
+    }
+    fn save<'a>(&'a self, r: &'a Record, v: u64) -> BoxFuture<'a, Result<SaveOutcome, StoreError>> {
+        Box::pin(async move {
+            self.saves.fetch_add(1, Ordering::SeqCst);
+            self.maybe_slow().await;
+            self.inner.save(r, v).await
+        })
+    }
+    fn delete<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.inner.delete(id)
+    }
+    fn touch<'a>(&'a self, id: &'a str, a: u64, i: u64) -> BoxFuture<'a, Result<bool, StoreError>> {
+        self.touches.fetch_add(1, Ordering::SeqCst);
+        self.inner.touch(id, a, i)
+    }
+    fn sweep_expired(&self) -> BoxFuture<'_, Result<u64, StoreError>> {
+        self.inner.sweep_expired()
+    }
+}
+
+fn layer(p: &Arc<Probe>) -> SessionLayer {
+    SessionLayer::from_arc(p.clone()).with_secure(false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_requests_share_one_object_and_save_once() {
+    let probe = Arc::new(Probe::default());
+    let n = 5;
+    let sync = Sync {
+        barrier: Some(Arc::new(tokio::sync::Barrier::new(n))),
+    };
+    let app = router(layer(&probe), sync);
+    let mut b = Browser::default();
+    b.call(&app, "POST", "/set/base/0").await;
+    let sid = cookie_id(b.cookie.as_deref().unwrap());
+    let (loads0, saves0) = (
+        probe.loads.load(Ordering::SeqCst),
+        probe.saves.load(Ordering::SeqCst),
+    );
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let app = app.clone();
+        let mut c = b.clone();
+        tasks.push(tokio::spawn(async move {
+            c.call(&app, "POST", &format!("/sync/k{i}/v")).await
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap().status, 200);
+    }
+    assert_eq!(
+        probe.loads.load(Ordering::SeqCst) - loads0,
+        1,
+        "one load for all"
+    );
+    assert_eq!(
+        probe.saves.load(Ordering::SeqCst) - saves0,
+        1,
+        "one save, by the last"
+    );
+    let rec = probe.inner.load(&sid).await.unwrap().unwrap();
+    assert_eq!(rec.attributes.len(), n + 1);
+    assert_eq!(rec.version, 2);
+}
+
+#[tokio::test]
+async fn untouched_session_is_never_loaded_and_idle_refresh_is_throttled() {
+    let probe = Arc::new(Probe::default());
+    let app = router(layer(&probe), Sync::default());
+    let mut b = Browser::default();
+    b.call(&app, "POST", "/set/a/1").await;
+    let loads = probe.loads.load(Ordering::SeqCst);
+    b.call(&app, "GET", "/plain").await;
+    assert_eq!(
+        probe.loads.load(Ordering::SeqCst),
+        loads,
+        "lazy: no store read"
+    );
+    // Default save period (60 s): reading does not write.
+    b.call(&app, "GET", "/get/a").await;
+    assert_eq!(probe.touches.load(Ordering::SeqCst), 0);
+    // Save period 0: every read refreshes the idle deadline with a touch.
+    let app0 = router(
+        layer(&probe).with_save_period(Duration::ZERO),
+        Sync::default(),
+    );
+    let saves = probe.saves.load(Ordering::SeqCst);
+    b.call(&app0, "GET", "/get/a").await;
+    assert_eq!(probe.touches.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        probe.saves.load(Ordering::SeqCst),
+        saves,
+        "a touch is not a save"
+    );
+}
+
+#[tokio::test]
+async fn slow_store_gives_503_within_the_timeout_or_a_fresh_session() {
+    let probe = Arc::new(Probe::default());
+    let app = router(
+        layer(&probe).with_store_timeout(Duration::from_millis(200)),
+        Sync::default(),
+    );
+    let mut b = Browser::default();
+    b.call(&app, "POST", "/set/a/1").await;
+    probe.slow.store(true, Ordering::SeqCst);
+    let t = Instant::now();
+    let g = b.call(&app, "GET", "/get/a").await;
+    assert_eq!(g.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(g.headers["retry-after"], "1");
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    // Even a handler that swallows the error gets a 503.
+    let g = b.call(&app, "GET", "/info").await;
+    assert_eq!(g.status, StatusCode::SERVICE_UNAVAILABLE);
+
+    let fresh = router(
+        layer(&probe)
+            .with_store_timeout(Duration::from_millis(200))
+            .with_on_store_failure(OnStoreFailure::FreshSession),
+        Sync::default(),
+    );
+    let g = b.call(&fresh, "GET", "/get/a").await;
+    assert_eq!(g.status, 200);
+    assert!(g.json().is_null(), "fresh session");
+    // Saving still fails visibly.
+    let g = b.call(&fresh, "POST", "/set/b/1").await;
+    assert_eq!(g.status, StatusCode::SERVICE_UNAVAILABLE);
+    probe.slow.store(false, Ordering::SeqCst);
+}
+
+struct Hooks {
+    store: MemoryStore,
+    saved: AtomicUsize,
+}
+
+impl ReplicaHooks for Hooks {
+    fn on_unknown_id<'a>(
+        &'a self,
+        parts: &'a http::request::Parts,
+        id: &'a str,
+    ) -> BoxFuture<'a, UnknownIdOutcome> {
+        Box::pin(async move {
+            if parts.headers.contains_key("want-409") {
+                let mut r = http::Response::new(Body::empty());
+                *r.status_mut() = StatusCode::CONFLICT;
+                return UnknownIdOutcome::Respond(r);
+            }
+            // Stand-in for opening a replica: another server's store.
+            match self.store.load(id).await {
+                Ok(Some(r)) => UnknownIdOutcome::Restore(r.to_replica_record()),
+                _ => UnknownIdOutcome::Fresh,
+            }
+        })
+    }
+
+    fn on_saved(&self, record: &Record, headers: &mut HeaderMap) {
+        self.saved.fetch_add(1, Ordering::SeqCst);
+        headers.insert("x-saved-version", HeaderValue::from(record.version));
+    }
+}
+
+#[tokio::test]
+async fn replica_hooks_restore_unknown_sessions() {
+    // Server A (its own memory store) makes a session.
+    let store_a = MemoryStore::new();
+    let a = router(
+        SessionLayer::new(store_a.clone()).with_secure(false),
+        Sync::default(),
+    );
+    let mut b = Browser::default();
+    b.call(&a, "POST", "/set/cart/tea").await;
+    b.call(&a, "POST", "/once/ticket/t").await;
+    // Server B has another store but can "open replicas" of A's sessions.
+    let hooks = Arc::new(Hooks {
+        store: store_a,
+        saved: AtomicUsize::new(0),
+    });
+    let mut reg = prometheus_client::registry::Registry::default();
+    let store_b = MemoryStore::new();
+    let bl = SessionLayer::new(store_b.clone())
+        .with_secure(false)
+        .with_metrics(&mut reg)
+        .with_replica_hooks(hooks.clone());
+    let app_b = router(bl, Sync::default());
+    let mut wanted = b.clone();
+    let req = Request::builder()
+        .uri("/restored")
+        .header("cookie", wanted.cookie.clone().unwrap())
+        .header("want-409", "1")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(wanted.send(&app_b, req).await.status, StatusCode::CONFLICT);
+
+    assert_eq!(b.call(&app_b, "GET", "/restored").await.body, "true");
+    assert_eq!(
+        b.call(&app_b, "GET", "/get/cart").await.json(),
+        serde_json::json!("tea")
+    );
+    // Once-only values never travel in a replica.
+    assert!(
+        b.call(&app_b, "POST", "/take/ticket")
+            .await
+            .json()
+            .is_null()
+    );
+    let sid = cookie_id(b.cookie.as_deref().unwrap());
+    assert!(
+        store_b.load(&sid).await.unwrap().is_some(),
+        "restored into B's store"
+    );
+    let g = b.call(&app_b, "POST", "/set/x/1").await;
+    assert!(g.headers.contains_key("x-saved-version"));
+    assert_eq!(hooks.saved.load(Ordering::SeqCst), 1);
+    let mut s = String::new();
+    prometheus_client::encoding::text::encode(&mut s, &reg).unwrap();
+    assert!(s.contains("remora_session_restored_total 1"), "{s}");
+}
+
+#[tokio::test]
+async fn cookie_attributes() {
+    let app = router(SessionLayer::new(MemoryStore::new()), Sync::default());
+    let mut b = Browser::default();
+    let sc = b.call(&app, "POST", "/set/a/1").await.set_cookie().unwrap();
+    assert!(sc.starts_with("remora_session="), "{sc}");
+    for attr in ["HttpOnly", "SameSite=Lax", "Secure", "Path=/", "Max-Age="] {
+        assert!(sc.contains(attr), "{attr} in {sc}");
+    }
+    let id = cookie_id(sc.split(';').next().unwrap());
+    assert!(remora_session::id::is_well_formed(&id));
+    let app = router(
+        SessionLayer::new(MemoryStore::new())
+            .with_host_prefix(true)
+            .with_secure(false)
+            .with_cookie_domain("example.com"),
+        Sync::default(),
+    );
+    let mut b = Browser::default();
+    let sc = b.call(&app, "POST", "/set/a/1").await.set_cookie().unwrap();
+    assert!(sc.starts_with("__Host-remora_session="), "{sc}");
+    assert!(sc.contains("Secure") && !sc.contains("Domain"), "{sc}");
+    let app = router(
+        SessionLayer::new(MemoryStore::new()).with_secure(false),
+        Sync::default(),
+    );
+    let sc = Browser::default()
+        .call(&app, "POST", "/set/a/1")
+        .await
+        .set_cookie()
+        .unwrap();
+    assert!(!sc.contains("Secure"), "{sc}");
+}
+
+#[derive(serde::Deserialize)]
+struct Note {
+    note: String,
+}
+
+#[tokio::test]
+async fn csrf_layer() {
+    let app = Router::new()
+        .route(
+            "/token",
+            get(|s: Session| async move { s.csrf_token().await }),
+        )
+        .route("/note", post(|Form(n): Form<Note>| async move { n.note }))
+        .route("/json", post(|| async { "ok" }))
+        .layer(CsrfLayer::new().with_form_limit(1024))
+        .layer(SessionLayer::new(MemoryStore::new()).with_secure(false));
+    let mut b = Browser::default();
+    // No session, no token: rejected with a clear body.
+    let g = b.call(&app, "POST", "/json").await;
+    assert_eq!(g.status, StatusCode::FORBIDDEN);
+    assert!(g.body.contains("CSRF"), "{}", g.body);
+    let token = b.call(&app, "GET", "/token").await.body;
+    assert_eq!(token.len(), 43);
+    assert_eq!(
+        b.call(&app, "GET", "/token").await.body,
+        token,
+        "stable per session"
+    );
+    assert_eq!(
+        b.call(&app, "POST", "/json").await.status,
+        StatusCode::FORBIDDEN
+    );
+    let mut req = b.request("POST", "/json", None);
+    req.headers_mut()
+        .insert("x-csrf-token", token.parse().unwrap());
+    assert_eq!(b.send(&app, req).await.status, 200);
+    let mut req = b.request("DELETE", "/json", None);
+    req.headers_mut()
+        .insert("x-csrf-token", "wrong".parse().unwrap());
+    assert_eq!(b.send(&app, req).await.status, StatusCode::FORBIDDEN);
+    let cookie = b.cookie.clone().unwrap();
+    let form = |body: String| {
+        Request::builder()
+            .method("POST")
+            .uri("/note")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("cookie", cookie.clone())
+            .body(Body::from(body))
+            .unwrap()
+    };
+    let g = b
+        .send(&app, form(format!("note=hi+there&csrf_token={token}")))
+        .await;
+    assert_eq!(
+        (g.status, g.body.as_str()),
+        (StatusCode::OK, "hi there"),
+        "body handed on"
+    );
+    let g = b.send(&app, form("note=x&csrf_token=nope".into())).await;
+    assert_eq!(g.status, StatusCode::FORBIDDEN);
+    let g = b
+        .send(
+            &app,
+            form(format!("note={}&csrf_token={token}", "x".repeat(2000))),
+        )
+        .await;
+    assert_eq!(g.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        b.call(&app, "GET", "/token").await.status,
+        200,
+        "safe methods pass"
+    );
+}
