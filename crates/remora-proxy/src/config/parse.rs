@@ -675,3 +675,101 @@ fn parse_status_range(s: &str) -> Option<(u16, u16)> {
     };
     ((100..=599).contains(&lo) && (100..=599).contains(&hi) && lo <= hi).then_some((lo, hi))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+[[listener]]
+name = "web"
+listen = "127.0.0.1:8080"
+pool = "app"
+[listener.limits]
+max_body_bytes = 10
+
+[[pool]]
+name = "app"
+algorithm = "hash"
+hash_key = "header:X-User"
+[pool.health]
+expect_status = "200"
+[[pool.server]]
+name = "b1"
+address = "backend.internal:9101"
+slow_start = "30s"
+"#;
+
+    fn parse_str(text: &str) -> Result<Config, ConfigError> {
+        parse(text, Path::new("t.toml"))
+    }
+
+    #[test]
+    fn defaults_and_overrides() {
+        let c = parse_str(BASE).expect("valid");
+        let l = &c.listeners[0];
+        assert_eq!(l.limits.max_body_bytes, 10);
+        assert_eq!(
+            l.limits.max_header_bytes,
+            Limits::default().max_header_bytes
+        );
+        assert_eq!(c.limits.max_body_bytes, Limits::default().max_body_bytes);
+        let p = &c.pools[0];
+        assert_eq!(p.algorithm, Algorithm::Hash);
+        assert_eq!(p.hash_key, HashKey::Header("x-user".into()));
+        assert_eq!(p.hash_balance_factor, 125);
+        assert_eq!(p.retries, 2);
+        assert_eq!(p.health.expect_status, (200, 200));
+        assert_eq!(p.servers[0].slow_start, Some(Duration::from_secs(30)));
+        assert_eq!(p.servers[0].weight, 1);
+        assert_eq!(p.affinity.mode, AffinityMode::None);
+    }
+
+    fn err(text: &str) -> String {
+        parse_str(text).expect_err("invalid").to_string()
+    }
+
+    #[test]
+    fn semantic_errors_have_positions() {
+        let e = err(&BASE.replace("\"header:X-User\"", "\"body\""));
+        assert!(e.starts_with("t.toml:12:12: bad hash_key"), "{e}");
+        let e = err(&BASE.replace("expect_status = \"200\"", "expect_status = \"600\""));
+        assert!(e.starts_with("t.toml:14:17: bad expect_status"), "{e}");
+        let e = err(&BASE.replace("algorithm = \"hash\"", "algorithm = \"fastest\""));
+        assert!(e.starts_with("t.toml:11:13: unknown variant"), "{e}");
+        let e = err(&BASE.replace("listen = \"127.0.0.1:8080\"", "listen = \"localhost\""));
+        assert!(e.starts_with("t.toml:4:10: bad address"), "{e}");
+        let e = err("[[pool]]\nname = \"app\"\n");
+        assert!(e.contains("t.toml:2:8: pool \"app\" has no servers"), "{e}");
+        let e = err(&format!("{BASE}[admin]\nlisten = \"127.0.0.1:9\"\n"));
+        assert!(e.contains("needs `token` or `token_file`"), "{e}");
+        let e = err(&BASE.replace(
+            "[listener.limits]",
+            "[listener.limits]\nidle_timeout = \"0s\"",
+        ));
+        assert!(e.contains("idle_timeout must be greater than zero"), "{e}");
+    }
+
+    #[test]
+    fn token_file_is_read_relative_to_config() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("tok"), "  abc\n").expect("write");
+        let path = dir.path().join("r.toml");
+        let text = format!("{BASE}[admin]\nlisten = \"127.0.0.1:9\"\ntoken_file = \"tok\"\n");
+        let c = parse(&text, &path).expect("valid");
+        assert_eq!(c.admin.expect("admin").token, "abc");
+    }
+
+    #[test]
+    fn status_ranges_and_addresses() {
+        assert_eq!(parse_status_range("200-399"), Some((200, 399)));
+        assert_eq!(parse_status_range(" 204 "), Some((204, 204)));
+        assert_eq!(parse_status_range("399-200"), None);
+        assert_eq!(parse_status_range("abc"), None);
+        assert!(valid_host_port("[::1]:80"));
+        assert!(valid_host_port("app-1.internal:8080"));
+        assert!(!valid_host_port("app:0"));
+        assert!(!valid_host_port("app"));
+        assert!(!valid_host_port("a b:80"));
+    }
+}

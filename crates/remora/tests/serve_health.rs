@@ -1,0 +1,166 @@
+//! `remora serve`: active health checks, app-cookie and source-ip affinity,
+//! h2c prior knowledge, new listeners on reload.
+
+mod serve_support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serve_support::*;
+
+async fn server_up(c: &HttpClient, r: &Remora, server: &str) -> Option<bool> {
+    let m = admin(c, r, "GET", "/metrics", "").await.body;
+    let key = format!("remora_server_up{{pool=\"app\",server=\"{server}\"}} ");
+    m.lines()
+        .find_map(|l| l.strip_prefix(&key))
+        .map(|v| v.trim() == "1")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn active_checks_mark_down_and_readmit() {
+    let (mut b1, b2) = (backend("b1"), backend("b2"));
+    let b1_addr = b1.addr;
+    let (addr, adm) = (free_addr(), free_addr());
+    let r = start(
+        &config(addr, adm, "", COOKIE_POOL, &servers_toml(&[&b1, &b2])),
+        addr,
+        adm,
+    );
+    let c = client();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            server_up(&c, &r, "b1").await == Some(true)
+        })
+        .await
+    );
+    b1.proc.kill();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            server_up(&c, &r, "b1").await == Some(false)
+        })
+        .await,
+        "{}",
+        r.log()
+    );
+    for _ in 0..6 {
+        assert_eq!(whoami(&c, &r, None).await.body, "b2");
+    }
+    let _b1 = backend_at("b1", b1_addr);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            server_up(&c, &r, "b1").await == Some(true)
+        })
+        .await,
+        "{}",
+        r.log()
+    );
+    let mut seen_b1 = false;
+    for _ in 0..6 {
+        seen_b1 |= whoami(&c, &r, None).await.body == "b1";
+    }
+    assert!(seen_b1, "b1 re-admitted");
+    assert!(
+        r.log().contains("server DOWN") && r.log().contains("server UP"),
+        "{}",
+        r.log()
+    );
+    let servers = admin(&c, &r, "GET", "/api/servers", "").await.body;
+    assert!(servers.contains("\"healthy\":true"), "{servers}");
+    let m = admin(&c, &r, "GET", "/metrics", "").await.body;
+    assert!(m.contains("remora_pinned_clients{"), "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_cookie_is_learned_and_source_ip_sticks() {
+    let b1 = backend_with("b1", &["--set-cookie", "JSESSIONID"]);
+    let b2 = backend_with("b2", &["--set-cookie", "JSESSIONID"]);
+    let (addr, adm) = (free_addr(), free_addr());
+    let pool = COOKIE_POOL.replace(
+        "mode = \"cookie\"",
+        "mode = \"app-cookie\"\napp_cookie = \"JSESSIONID\"",
+    );
+    let r = start(
+        &config(addr, adm, "", &pool, &servers_toml(&[&b1, &b2])),
+        addr,
+        adm,
+    );
+    let c = client();
+    let mut pins = Vec::new();
+    for _ in 0..4 {
+        let first = whoami(&c, &r, None).await;
+        let set = first
+            .headers
+            .get("set-cookie")
+            .and_then(|v| v.to_str().ok())
+            .expect("app cookie")
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .to_string();
+        assert!(set.starts_with("JSESSIONID="), "{set}");
+        pins.push((set, first.body));
+    }
+    assert!(pins.iter().any(|p| p.1 == "b1") && pins.iter().any(|p| p.1 == "b2"));
+    for (cookie, server) in &pins {
+        for _ in 0..5 {
+            assert_eq!(&whoami(&c, &r, Some(cookie)).await.body, server);
+        }
+    }
+    drop(r);
+
+    // source-ip: every request from 127.0.0.1 goes to one server.
+    let (addr, adm) = (free_addr(), free_addr());
+    let pool = COOKIE_POOL.replace("mode = \"cookie\"", "mode = \"source-ip\"");
+    let r = start(
+        &config(addr, adm, "", &pool, &servers_toml(&[&b1, &b2])),
+        addr,
+        adm,
+    );
+    let first = whoami(&c, &r, None).await.body;
+    for _ in 0..10 {
+        assert_eq!(whoami(&c, &r, None).await.body, first);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_prior_knowledge_and_listener_added_by_reload() {
+    let b1 = backend("b1");
+    let (addr, adm) = (free_addr(), free_addr());
+    let r = start(
+        &config(addr, adm, "", COOKIE_POOL, &servers_toml(&[&b1])),
+        addr,
+        adm,
+    );
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .expect("h2c handshake");
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .uri(format!("http://{addr}/whoami"))
+        .body(Empty::<Bytes>::new())
+        .expect("request");
+    let resp = sender.send_request(req).await.expect("h2c response");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+
+    // Reload with a second listener: it starts accepting; the first keeps working.
+    let second = free_addr();
+    let text = config(addr, adm, "", COOKIE_POOL, &servers_toml(&[&b1]))
+        + &format!("\n[[listener]]\nname = \"second\"\nlisten = \"{second}\"\npool = \"app\"\n");
+    r.rewrite(&text);
+    let c = client();
+    let resp = admin(&c, &r, "POST", "/api/reload", "").await;
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    assert_eq!(
+        get(&c, &format!("http://{second}/whoami"), &[]).await.body,
+        "b1"
+    );
+    assert_eq!(
+        get(&c, &format!("http://{addr}/whoami"), &[]).await.body,
+        "b1"
+    );
+}
