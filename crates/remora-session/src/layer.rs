@@ -172,6 +172,18 @@ impl SessionLayer {
         self
     }
 
+    /// Restores a session from a record opened from a replica (e.g. one that
+    /// arrived in a Bayeux handshake rather than on an HTTP request): saves
+    /// it if the store holds no live session under its ID, and returns what
+    /// the store holds now. Expired records are refused (`Ok(None)`).
+    /// Counted as `restored`; uses the store timeout.
+    pub async fn restore(&self, record: Record) -> Result<Option<Record>, StoreError> {
+        if record.is_expired(now_ms()) || !crate::id::is_well_formed(&record.id) {
+            return Ok(None);
+        }
+        self.ctx().restore_record(record).await.map(Some)
+    }
+
     /// The store this layer uses.
     pub fn store(&self) -> Arc<dyn Store> {
         self.store.clone()

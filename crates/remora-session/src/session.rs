@@ -59,6 +59,24 @@ impl Ctx {
         r
     }
 
+    /// Saves a record rebuilt from a replica (if the store holds no live
+    /// session under its ID) and returns what the store now holds. Counted
+    /// as `restored`.
+    pub async fn restore_record(&self, mut rec: Record) -> Result<Record, StoreError> {
+        let now = now_ms();
+        rec.purge_expired_attributes(now);
+        rec.slide(now, ms(self.cfg.idle_timeout));
+        rec.version = rec.version.max(1);
+        let adopted = match self.call("save", self.store.save(&rec, 0)).await? {
+            crate::store::SaveOutcome::Saved { .. } => rec,
+            // Restored (or still live) elsewhere: the store's copy wins.
+            crate::store::SaveOutcome::Conflict { current: Some(c) } => c,
+            crate::store::SaveOutcome::Conflict { current: None } => rec,
+        };
+        self.metrics.restored.inc();
+        Ok(adopted)
+    }
+
     pub fn fresh_record(&self) -> Record {
         Record::new(
             crate::id::new_id(),
@@ -267,21 +285,14 @@ impl Shared {
     }
 
     /// Writes a restored record to the store and adopts it.
-    async fn restore(&self, local: &Mutex<Local>, mut rec: Record) -> Result<(), SessionError> {
-        let ctx = &self.ctx;
-        rec.purge_expired_attributes(now_ms());
-        rec.slide(now_ms(), ms(ctx.cfg.idle_timeout));
-        let adopted = match ctx.call("save", ctx.store.save(&rec, 0)).await {
-            Ok(crate::store::SaveOutcome::Saved { .. }) => rec,
-            // Restored concurrently elsewhere: take what the store holds.
-            Ok(crate::store::SaveOutcome::Conflict { current: Some(c) }) => c,
-            Ok(crate::store::SaveOutcome::Conflict { current: None }) => rec,
+    async fn restore(&self, local: &Mutex<Local>, rec: Record) -> Result<(), SessionError> {
+        let adopted = match self.ctx.restore_record(rec).await {
+            Ok(r) => r,
             Err(e) => {
                 local.lock().store_error = true;
                 return Err(SessionError::Store(e));
             }
         };
-        ctx.metrics.restored.inc();
         let mut st = self.state.lock();
         st.stored_version = adopted.version;
         st.record = adopted;

@@ -594,12 +594,16 @@ conformance!(redis, true, async {
 
 conformance!(postgres, false, async {
     let (url, keep) = common::postgres()?;
+    let table = common::unique("t");
     let s = remora_session::store::PostgresStore::connect(&url)
         .expect("pool")
-        .with_table(&common::unique("t"))
+        .with_table(&table)
         .expect("table name");
     match s.load("probe").await {
-        Ok(_) => Some((Arc::new(s) as Arc<dyn Store>, Box::new(keep) as Keep)),
+        Ok(_) => Some((
+            Arc::new(s) as Arc<dyn Store>,
+            Box::new((common::DropTable { url, table }, keep)) as Keep,
+        )),
         Err(e) => {
             common::skip(&format!("postgres at {url}: {e:?}"));
             None

@@ -81,5 +81,6 @@ async fn postgres_two_servers() {
         common::skip(&format!("postgres: {e:?}"));
         return;
     }
+    let _drop = common::DropTable { url, table };
     both_items_survive(Arc::new(a), Arc::new(b)).await;
 }

@@ -137,11 +137,65 @@ pub struct PrivatePostgres {
     _dir: tempfile::TempDir,
 }
 
+/// `name` on PATH, or in Debian's `/usr/lib/postgresql/*/bin`.
+fn pg_bin(name: &str) -> Option<std::path::PathBuf> {
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join(name))
+        .find(|p| p.is_file());
+    on_path.or_else(|| {
+        let mut v: Vec<_> = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()?
+            .filter_map(|e| e.ok())
+            .map(|e| e.path().join("bin").join(name))
+            .filter(|p| p.is_file())
+            .collect();
+        v.sort();
+        v.pop()
+    })
+}
+
+fn id_of(flag: &str, user: Option<&str>) -> Option<u32> {
+    let out = Command::new("id").arg(flag).args(user).output().ok()?;
+    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+}
+
+/// A command, run as the `postgres` user when we are root (PostgreSQL
+/// refuses to run as root).
+fn pg_command(bin: &std::path::Path, as_user: Option<(u32, u32)>) -> Command {
+    use std::os::unix::process::CommandExt;
+    let mut c = Command::new(bin);
+    if let Some((uid, gid)) = as_user {
+        c.uid(uid).gid(gid);
+    }
+    c
+}
+
 impl PrivatePostgres {
     pub fn start() -> Option<Self> {
+        let (initdb, postgres) = (pg_bin("initdb")?, pg_bin("postgres")?);
         let dir = tempfile::tempdir().ok()?;
+        let as_user = if id_of("-u", None) == Some(0) {
+            Some((
+                id_of("-u", Some("postgres"))?,
+                id_of("-g", Some("postgres"))?,
+            ))
+        } else {
+            None
+        };
+        if as_user.is_some() {
+            let ok = Command::new("chown")
+                .arg("postgres")
+                .arg(dir.path())
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                return None;
+            }
+        }
         let data = dir.path().join("data");
-        let ok = Command::new("initdb")
+        let ok = pg_command(&initdb, as_user)
             .args(["-U", "postgres", "-A", "trust", "-D"])
             .arg(&data)
             .stdout(Stdio::null())
@@ -152,7 +206,7 @@ impl PrivatePostgres {
             return None;
         }
         let port = free_port();
-        let child = Command::new("postgres")
+        let child = pg_command(&postgres, as_user)
             .arg("-D")
             .arg(&data)
             .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"])
@@ -167,13 +221,40 @@ impl PrivatePostgres {
             child: Some(child),
             _dir: dir,
         };
-        wait_port(port, true, Duration::from_secs(20)).then_some(p)
+        if !wait_port(port, true, Duration::from_secs(20)) {
+            return None;
+        }
+        // Accepting connections is not yet accepting queries.
+        let ready = pg_bin("pg_isready")?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            let ok = Command::new(&ready)
+                .args(["-q", "-h", "127.0.0.1", "-p", &port.to_string()])
+                .status()
+                .is_ok_and(|s| s.success());
+            if ok {
+                return Some(p);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
     }
 }
 
 impl Drop for PrivatePostgres {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
+            // SIGINT: PostgreSQL's fast shutdown.
+            let _ = Command::new("kill")
+                .args(["-INT", &c.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -388,5 +469,38 @@ impl HttpBrowser {
     pub async fn post_json(&mut self, path: &str, json: &str) -> Got {
         self.send("POST", path, Some("application/json"), json, &[])
             .await
+    }
+}
+
+/// Drops a test table when the test ends.
+pub struct DropTable {
+    pub url: String,
+    pub table: String,
+}
+
+impl Drop for DropTable {
+    fn drop(&mut self) {
+        let url = self.url.clone();
+        let sql = format!("DROP TABLE IF EXISTS {}", self.table);
+        // Own thread and runtime: Drop may run inside a runtime.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                if let Ok((client, conn)) =
+                    tokio_postgres::connect(&url, tokio_postgres::NoTls).await
+                {
+                    let task = tokio::spawn(conn);
+                    let _ = client.batch_execute(&sql).await;
+                    drop(client);
+                    let _ = task.await;
+                }
+            });
+        })
+        .join();
     }
 }
