@@ -395,7 +395,7 @@ async fn finish(
         st.must_flush() && modified
     };
     let r = if last || must_flush {
-        flush(shared, server_error, headers).await
+        flush(shared, headers).await
     } else {
         Ok(())
     };
@@ -406,16 +406,12 @@ async fn finish(
 }
 
 /// Saves, touches and deletes as the state requires.
-async fn flush(
-    shared: &Arc<Shared>,
-    server_error: bool,
-    headers: &mut HeaderMap,
-) -> Result<(), StoreError> {
+async fn flush(shared: &Arc<Shared>, headers: &mut HeaderMap) -> Result<(), StoreError> {
     let ctx = &shared.ctx;
     let _g = shared.save_lock.lock().await;
     let (allowed, dirty, loaded) = {
         let st = shared.state.lock();
-        let allowed = st.ok_changes || !server_error || ctx.cfg.save_on_server_error;
+        let allowed = st.ok_changes || ctx.cfg.save_on_server_error;
         (allowed, st.dirty() || !st.delete_ids.is_empty(), st.loaded)
     };
     if !loaded {

@@ -371,3 +371,63 @@ async fn csrf_layer() {
         "safe methods pass"
     );
 }
+
+#[tokio::test]
+async fn save_on_server_error_is_opt_in() {
+    let store = MemoryStore::new();
+    for (opt, expect) in [(false, false), (true, true)] {
+        let app = router(
+            SessionLayer::new(store.clone())
+                .with_secure(false)
+                .with_save_on_server_error(opt),
+            Sync::default(),
+        );
+        let mut b = Browser::default();
+        b.call(&app, "POST", "/set/a/1").await;
+        assert_eq!(b.call(&app, "POST", "/fail").await.status, 500);
+        let sid = cookie_id(b.cookie.as_deref().unwrap());
+        let rec = store.load(&sid).await.unwrap().unwrap();
+        assert_eq!(
+            rec.attributes.contains_key("failed"),
+            expect,
+            "save_on_server_error={opt}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_request_still_saves() {
+    let store = MemoryStore::new();
+    let barrier = Arc::new(tokio::sync::Barrier::new(2));
+    let app = router(
+        SessionLayer::new(store.clone()).with_secure(false),
+        Sync {
+            barrier: Some(barrier.clone()),
+        },
+    );
+    let mut b = Browser::default();
+    b.call(&app, "POST", "/set/a/1").await;
+    let sid = cookie_id(b.cookie.as_deref().unwrap());
+    // The handler inserts, meets the barrier, and never answers: the client
+    // goes away and the request future is dropped.
+    let req = b.request("POST", "/hang/late/1", None);
+    let app2 = app.clone();
+    let task = tokio::spawn(async move { tower::ServiceExt::oneshot(app2, req).await });
+    barrier.wait().await;
+    task.abort();
+    assert!(task.await.unwrap_err().is_cancelled());
+    let (s2, sid2) = (store.clone(), sid.clone());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while s2
+        .load(&sid2)
+        .await
+        .unwrap()
+        .unwrap()
+        .attributes
+        .get("late")
+        .is_none()
+    {
+        assert!(Instant::now() < deadline, "change saved");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -46,6 +46,20 @@ async fn sync_set(
     Ok("ok")
 }
 
+/// Inserts, meets the barrier, then never answers (to be cancelled).
+async fn hang(
+    State(sync): State<Sync>,
+    s: Session,
+    Path((k, v)): Path<(String, String)>,
+) -> Result<&'static str, SessionError> {
+    s.insert(&k, v).await?;
+    if let Some(b) = &sync.barrier {
+        b.wait().await;
+    }
+    std::future::pending::<()>().await;
+    Ok("never")
+}
+
 async fn ttl(
     s: Session,
     Path((k, v, ms)): Path<(String, String, u64)>,
@@ -101,6 +115,7 @@ pub fn router(layer: SessionLayer, sync: Sync) -> Router {
         .route("/set/{k}/{v}", post(set_key))
         .route("/sync/{k}/{v}", post(sync_set))
         .route("/ttl/{k}/{v}/{ms}", post(ttl))
+        .route("/hang/{k}/{v}", post(hang))
         .route("/once/{k}/{v}", post(once))
         .route("/take/{k}", post(take))
         .route("/big/{n}", post(big))
