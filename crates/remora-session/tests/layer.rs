@@ -418,14 +418,13 @@ async fn abandoned_request_still_saves() {
     assert!(task.await.unwrap_err().is_cancelled());
     let (s2, sid2) = (store.clone(), sid.clone());
     let deadline = Instant::now() + Duration::from_secs(5);
-    while s2
+    while !s2
         .load(&sid2)
         .await
         .unwrap()
         .unwrap()
         .attributes
-        .get("late")
-        .is_none()
+        .contains_key("late")
     {
         assert!(Instant::now() < deadline, "change saved");
         tokio::time::sleep(Duration::from_millis(10)).await;
