@@ -592,6 +592,27 @@ conformance!(redis, true, async {
     }
 });
 
+conformance!(redis_cluster, true, async {
+    let Some(cluster) = common::PrivateRedisCluster::start() else {
+        common::skip(
+            "no private redis cluster could be started (redis-server + redis-cli on PATH)",
+        );
+        return None;
+    };
+    let urls = cluster.urls();
+    let refs: Vec<&str> = urls.iter().map(String::as_str).collect();
+    match remora_session::store::RedisStore::connect_cluster(&refs).await {
+        Ok(s) => Some((
+            Arc::new(s.with_prefix(format!("{}:", common::unique("c")))) as Arc<dyn Store>,
+            Box::new(cluster) as Keep,
+        )),
+        Err(e) => {
+            common::skip(&format!("redis cluster: {e}"));
+            None
+        }
+    }
+});
+
 conformance!(postgres, false, async {
     let (url, keep) = common::postgres()?;
     let table = common::unique("t");

@@ -64,15 +64,21 @@ pub struct PrivateRedis {
     pub port: u16,
     child: Option<Child>,
     dir: tempfile::TempDir,
+    extra: Vec<String>,
 }
 
 impl PrivateRedis {
     pub fn start() -> Option<Self> {
+        Self::start_with(&[])
+    }
+
+    pub fn start_with(extra: &[&str]) -> Option<Self> {
         let dir = tempfile::tempdir().ok()?;
         let mut r = PrivateRedis {
             port: free_port(),
             child: None,
             dir,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         r.resume().then_some(r)
     }
@@ -88,6 +94,7 @@ impl PrivateRedis {
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(self.dir.path())
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn();
@@ -127,6 +134,59 @@ pub fn redis() -> Option<(String, Option<PrivateRedis>)> {
             skip("no REDIS_URL and no redis-server on PATH could be started");
             None
         }
+    }
+}
+
+/// A private three-node Redis Cluster (no replicas), killed on drop.
+pub struct PrivateRedisCluster {
+    pub nodes: Vec<PrivateRedis>,
+}
+
+impl PrivateRedisCluster {
+    pub fn start() -> Option<Self> {
+        let mut nodes = Vec::new();
+        for _ in 0..3 {
+            nodes.push(PrivateRedis::start_with(&[
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+            ])?);
+        }
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let ok = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            return None;
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            let all_ok = nodes.iter().all(|n| {
+                Command::new("redis-cli")
+                    .args(["-p", &n.port.to_string(), "cluster", "info"])
+                    .output()
+                    .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok"))
+            });
+            if all_ok {
+                return Some(PrivateRedisCluster { nodes });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.url()).collect()
     }
 }
 
