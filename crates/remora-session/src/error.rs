@@ -19,6 +19,10 @@ pub enum StoreError {
     /// A record could not be encoded or decoded.
     #[error("session record encoding")]
     Codec(#[source] serde_json::Error),
+    /// A concurrent request's load of the same session just failed; this
+    /// one fails with it instead of waiting another timeout.
+    #[error("the session store just failed for a concurrent request on this session")]
+    Unavailable,
     /// Too many compare-and-set conflicts in a row.
     #[error("gave up after {0} conflicting concurrent writes")]
     Contention(u32),

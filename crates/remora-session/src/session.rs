@@ -100,6 +100,7 @@ impl Ctx {
             incoming_id: id.clone(),
             state: Mutex::new(State::new(self.fresh_record())),
             load_lock: tokio::sync::Mutex::new(()),
+            load_failures: AtomicUsize::new(0),
             save_lock: tokio::sync::Mutex::new(()),
             inflight: AtomicUsize::new(1),
         });
@@ -190,6 +191,7 @@ pub(crate) struct Shared {
     pub incoming_id: Option<String>,
     pub state: Mutex<State>,
     load_lock: tokio::sync::Mutex<()>,
+    load_failures: AtomicUsize,
     pub save_lock: tokio::sync::Mutex<()>,
     inflight: AtomicUsize,
 }
@@ -229,11 +231,18 @@ impl Shared {
         if self.state.lock().loaded {
             return Ok(None);
         }
+        let failures_before = self.load_failures.load(Ordering::SeqCst);
         let _g = self.load_lock.lock().await;
         if self.state.lock().loaded {
             return Ok(None);
         }
         let ctx = &self.ctx;
+        if self.load_failures.load(Ordering::SeqCst) != failures_before {
+            // The load we waited for failed: fail fast instead of queueing
+            // another full store timeout behind it.
+            local.lock().store_error = true;
+            return Err(SessionError::Store(StoreError::Unavailable));
+        }
         let Some(id) = self.incoming_id.as_deref() else {
             self.state.lock().loaded = true;
             return Ok(None);
@@ -272,6 +281,7 @@ impl Shared {
                 Ok(None)
             }
             Err(e) => {
+                self.load_failures.fetch_add(1, Ordering::SeqCst);
                 local.lock().store_error = true;
                 match ctx.cfg.on_store_failure {
                     OnStoreFailure::FreshSession => {

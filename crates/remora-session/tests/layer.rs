@@ -157,6 +157,23 @@ async fn slow_store_gives_503_within_the_timeout_or_a_fresh_session() {
     assert_eq!(g.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(g.headers["retry-after"], "1");
     assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    // Concurrent requests on the session do not queue one timeout each.
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        let (app, mut c) = (app.clone(), b.clone());
+        tasks.push(tokio::spawn(async move {
+            c.call(&app, "GET", "/get/a").await.status
+        }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+    assert!(
+        t.elapsed() < Duration::from_millis(1000),
+        "{:?}",
+        t.elapsed()
+    );
     // Even a handler that swallows the error gets a 503.
     let g = b.call(&app, "GET", "/info").await;
     assert_eq!(g.status, StatusCode::SERVICE_UNAVAILABLE);
