@@ -61,20 +61,21 @@ impl Ctx {
 
     /// Saves a record rebuilt from a replica (if the store holds no live
     /// session under its ID) and returns what the store now holds. Counted
-    /// as `restored`.
+    /// as `restored` when it was written.
     pub async fn restore_record(&self, mut rec: Record) -> Result<Record, StoreError> {
         let now = now_ms();
         rec.purge_expired_attributes(now);
         rec.slide(now, ms(self.cfg.idle_timeout));
         rec.version = rec.version.max(1);
-        let adopted = match self.call("save", self.store.save(&rec, 0)).await? {
-            crate::store::SaveOutcome::Saved { .. } => rec,
+        match self.call("save", self.store.save(&rec, 0)).await? {
+            crate::store::SaveOutcome::Saved { .. } => {
+                self.metrics.restored.inc();
+                Ok(rec)
+            }
             // Restored (or still live) elsewhere: the store's copy wins.
-            crate::store::SaveOutcome::Conflict { current: Some(c) } => c,
-            crate::store::SaveOutcome::Conflict { current: None } => rec,
-        };
-        self.metrics.restored.inc();
-        Ok(adopted)
+            crate::store::SaveOutcome::Conflict { current: Some(c) } => Ok(c),
+            crate::store::SaveOutcome::Conflict { current: None } => Ok(rec),
+        }
     }
 
     pub fn fresh_record(&self) -> Record {

@@ -447,3 +447,84 @@ async fn abandoned_request_still_saves() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+#[tokio::test]
+async fn layer_restore_and_metrics() {
+    let mut reg = prometheus_client::registry::Registry::default();
+    let store = MemoryStore::new();
+    let layer = SessionLayer::new(store.clone())
+        .with_secure(false)
+        .with_metrics(&mut reg);
+    // A record as a replica would carry it, restored outside a request.
+    let now = remora_session::record::now_ms();
+    let mut rec = Record::new(remora_session::id::new_id(), now, 60_000, 120_000);
+    rec.version = 7;
+    rec.attributes.insert(
+        "cart".into(),
+        remora_session::Attribute::new(serde_json::json!(["tea"])),
+    );
+    let held = layer.restore(rec.clone()).await.unwrap().unwrap();
+    assert_eq!(held.version, 7, "the replica's version is kept");
+    // Restoring again keeps what the store holds.
+    let mut stale = rec.clone();
+    stale.attributes.clear();
+    assert_eq!(
+        layer
+            .restore(stale)
+            .await
+            .unwrap()
+            .unwrap()
+            .attributes
+            .len(),
+        1
+    );
+    // Expired or malformed records are refused.
+    let mut old = rec.clone();
+    old.idle_deadline = now - 1;
+    assert_eq!(layer.restore(old).await.unwrap(), None);
+    let mut bad = rec.clone();
+    bad.id = "nope".into();
+    assert_eq!(layer.restore(bad).await.unwrap(), None);
+
+    let app = router(layer, Sync::default());
+    let mut b = Browser {
+        cookie: Some(format!("remora_session={}", rec.id)),
+    };
+    assert_eq!(
+        b.call(&app, "GET", "/get/cart").await.json(),
+        serde_json::json!(["tea"])
+    );
+    b.call(&app, "POST", "/set/x/1").await;
+    let mut fresh = Browser::default();
+    fresh.call(&app, "POST", "/set/y/1").await;
+    let mut s = String::new();
+    prometheus_client::encoding::text::encode(&mut s, &reg).unwrap();
+    for line in [
+        "remora_session_restored_total 1",
+        "remora_session_created_total 1",
+        "remora_session_loaded_total 2",
+        "remora_session_saved_total 2",
+        "remora_session_store_latency_seconds_count{op=\"load\"} 2",
+        "remora_session_size_bytes_count 2",
+    ] {
+        assert!(s.contains(line), "{line} in\n{s}");
+    }
+}
+
+#[tokio::test]
+async fn sweeper_removes_expired_sessions() {
+    let store = MemoryStore::new();
+    let now = remora_session::record::now_ms();
+    let mut rec = Record::new(remora_session::id::new_id(), now, 50, 50);
+    rec.version = 1;
+    store.save(&rec, 0).await.unwrap();
+    assert_eq!(store.len(), 1);
+    let task =
+        remora_session::store::spawn_sweeper(Arc::new(store.clone()), Duration::from_millis(20));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !store.is_empty() {
+        assert!(Instant::now() < deadline, "sweeper did not run");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    task.abort();
+}
