@@ -10,6 +10,7 @@ pub mod config;
 pub mod csrf;
 pub mod error;
 mod extract;
+mod flush;
 pub mod hooks;
 pub mod id;
 mod layer;
