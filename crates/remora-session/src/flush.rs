@@ -143,14 +143,15 @@ async fn save(shared: &Arc<Shared>, headers: &mut HeaderMap) -> Result<(), Store
     for id in &delete_ids {
         ctx.call("delete", ctx.store.delete(id)).await?;
     }
-    if invalidated && !delete_ids.is_empty() {
+    if invalidated && let Some(id) = delete_ids.last() {
         ctx.metrics.invalidated.inc();
+        if let Some(h) = &ctx.hooks {
+            h.on_invalidated(id, headers);
+        }
     }
     let mut st = shared.state.lock();
     st.delete_ids.retain(|d| !delete_ids.contains(d));
-    if delete_ids.is_empty() {
-        st.invalidated = false;
-    }
+    st.invalidated = false;
     st.changes.retain(|_, (seq, _)| *seq > snap_seq);
     if let Some(rec) = saved {
         let created = st.stored_version == 0 && !st.restored && expected == 0;

@@ -44,4 +44,12 @@ pub trait ReplicaHooks: Send + Sync + 'static {
     /// the response headers (e.g. to add `Session-Replica`). Not called
     /// after a touch, an invalidation or a failed save.
     fn on_saved(&self, record: &Record, headers: &mut HeaderMap);
+
+    /// Called after the session `id` was invalidated and deleted from the
+    /// store, with the response headers (e.g. to tell the client to drop
+    /// its replica, so that a logout cannot be undone by a restore).
+    /// Default: nothing.
+    fn on_invalidated(&self, id: &str, headers: &mut HeaderMap) {
+        let _ = (id, headers);
+    }
 }

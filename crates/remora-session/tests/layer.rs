@@ -222,6 +222,10 @@ impl ReplicaHooks for Hooks {
         self.saved.fetch_add(1, Ordering::SeqCst);
         headers.insert("x-saved-version", HeaderValue::from(record.version));
     }
+
+    fn on_invalidated(&self, id: &str, headers: &mut HeaderMap) {
+        headers.insert("x-invalidated", HeaderValue::from_str(id).unwrap());
+    }
 }
 
 #[tokio::test]
@@ -279,6 +283,8 @@ async fn replica_hooks_restore_unknown_sessions() {
     let mut s = String::new();
     prometheus_client::encoding::text::encode(&mut s, &reg).unwrap();
     assert!(s.contains("remora_session_restored_total 1"), "{s}");
+    let g = b.call(&app_b, "POST", "/invalidate").await;
+    assert_eq!(g.headers["x-invalidated"], sid.as_str());
 }
 
 #[tokio::test]
