@@ -867,9 +867,10 @@ impl Bayeux {
             .fetch_add(1, Ordering::Relaxed);
         self.call_listeners(ch, Some(&client.id), m);
         if kind == ChannelKind::Broadcast {
+            // No `id`: it is the publisher's, and would collide with the
+            // ids (e.g. pending remote calls) of the receivers.
             let out = Message {
                 channel: m.channel.clone(),
-                id: m.id.clone(),
                 data: m.data.clone(),
                 ..Message::default()
             };

@@ -65,7 +65,12 @@ async fn sub_paths_and_form_encoding_are_accepted() {
         )
         .await;
     assert_eq!(r.json()[0]["successful"], true);
+    // The CometD client posts non-meta messages to `/cometd/`.
     let id = r.json()[0]["clientId"].as_str().unwrap().to_owned();
+    let r = s
+        .request("POST", "/cometd/", "application/json", "[]", None)
+        .await;
+    assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "[]"));
     let body = format!(
         "message=%5B%7B%22channel%22%3A%22%2Fmeta%2Fconnect%22%2C%22clientId%22%3A%22{id}%22%2C%22connectionType%22%3A%22long-polling%22%7D%5D"
     );
@@ -210,6 +215,7 @@ async fn publish_reaches_subscribers_with_wildcards_and_releases_held_connect() 
     assert_eq!(d.len(), 1, "{got:?}");
     assert_eq!(d[0]["channel"], "/chat/room");
     assert_eq!(d[0]["data"]["text"], "hi");
+    assert!(d[0].get("id").is_none(), "publisher's id not forwarded");
     assert_eq!(got.last().unwrap()["channel"], "/meta/connect");
 
     // b matched through /chat/* (and gets its own publish once).

@@ -36,6 +36,10 @@ impl Bayeux {
         Router::new()
             .route(path, get(get_handler).post(long_polling::post))
             .route(
+                &format!("{path}/"),
+                get(get_handler).post(long_polling::post),
+            )
+            .route(
                 &format!("{path}/{{*rest}}"),
                 get(get_handler).post(long_polling::post),
             )
