@@ -149,7 +149,7 @@ async fn serve_connection(
     let mut shutdown = shared.shutdown_signal();
     let idle = limits.idle_timeout;
     let mut tick =
-        tokio::time::interval((idle / 4).clamp(Duration::from_millis(25), Duration::from_secs(1)));
+        tokio::time::interval((idle / 4).clamp(Duration::from_millis(25), Duration::from_secs(5)));
     let mut closing = false;
     loop {
         tokio::select! {

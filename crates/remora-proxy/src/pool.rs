@@ -170,7 +170,7 @@ impl Server {
         }
         let n = self.live.consecutive_errors.fetch_add(1, Ordering::Relaxed) + 1;
         if n >= passive_fall && self.healthy() {
-            *self.live.ejected_until.lock() = Some(Instant::now() + backoff);
+            *self.live.ejected_until.lock() = Instant::now().checked_add(backoff);
             self.set_healthy(false)
         } else {
             false

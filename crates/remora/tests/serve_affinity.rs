@@ -13,7 +13,11 @@ use serve_support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sticky_over_50_requests_and_spread_without_cookie() {
-    let (b1, b2, b3) = (backend("b1"), backend("b2"), backend("b3"));
+    let (b1, b2, b3) = (
+        backend("srv-alpha"),
+        backend("srv-bravo"),
+        backend("srv-charlie"),
+    );
     let (addr, adm) = (free_addr(), free_addr());
     let r = start(
         &config(addr, adm, "", COOKIE_POOL, &servers_toml(&[&b1, &b2, &b3])),
@@ -25,7 +29,7 @@ async fn sticky_over_50_requests_and_spread_without_cookie() {
     assert_eq!(first.status, 200);
     let cookie = first.affinity_cookie().expect("affinity cookie issued");
     assert!(
-        !cookie.contains("b1") && !cookie.contains("127.0.0.1"),
+        !cookie.contains(&first.body) && !cookie.contains("127.0.0.1"),
         "cookie must not leak the server: {cookie}"
     );
     for i in 0..50 {

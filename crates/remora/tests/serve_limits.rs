@@ -303,3 +303,46 @@ fn check_reports_file_line_col_and_exits_2() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keep_alive_connection_is_closed() {
+    let b1 = backend("b1");
+    let (addr, adm) = (free_addr(), free_addr());
+    let r = start(
+        &config(
+            addr,
+            adm,
+            "[listener.limits]\nidle_timeout = \"300ms\"",
+            COOKIE_POOL,
+            &servers_toml(&[&b1]),
+        ),
+        addr,
+        adm,
+    );
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    s.write_all(b"GET /whoami HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("write");
+    let mut buf = [0u8; 4096];
+    let n = s.read(&mut buf).expect("response");
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    let start = Instant::now();
+    let mut closed = false;
+    while start.elapsed() < Duration::from_secs(5) {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => {
+                closed = true;
+                break;
+            }
+            Ok(_) => {}
+        }
+    }
+    assert!(closed, "idle connection still open");
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "closed after {:?}",
+        start.elapsed()
+    );
+    drop(r);
+}

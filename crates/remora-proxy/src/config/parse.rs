@@ -199,6 +199,9 @@ fn default_state() -> ServerState {
     ServerState::Ready
 }
 
+/// Longest duration accepted anywhere (keeps time arithmetic far from overflow).
+const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
 /// Turns byte offsets into `FILE:LINE:COL` errors.
 struct Ctx<'a> {
     text: &'a str,
@@ -232,6 +235,14 @@ impl Ctx<'_> {
     }
 
     fn duration(&self, value: &Spanned<String>) -> Result<Duration, ConfigError> {
+        let d = self.parse_duration(value)?;
+        if d > MAX_DURATION {
+            return Err(self.at(value.span(), "duration too large (at most 10 years)"));
+        }
+        Ok(d)
+    }
+
+    fn parse_duration(&self, value: &Spanned<String>) -> Result<Duration, ConfigError> {
         humantime::parse_duration(value.get_ref().trim()).map_err(|e| {
             self.at(
                 value.span(),
