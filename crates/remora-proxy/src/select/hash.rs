@@ -301,8 +301,10 @@ impl HashSelector {
         if tier.count == 0 {
             return Fallbacks::new();
         }
+        // Stop the walk once every competing server was seen (or, without
+        // bounded loads, once the candidate list is full).
         let limit = if self.balance_factor == 0 {
-            MAX_CANDIDATES
+            MAX_CANDIDATES.min(tier.count)
         } else {
             tier.count
         };
