@@ -43,6 +43,10 @@ pub mod table;
 use cookie::CookieRecord;
 use table::{Lookup, StickTable};
 
+/// At most this many application cookies of the configured name are looked
+/// at per request.
+pub const MAX_APP_COOKIES: usize = 4;
+
 /// Default affinity cookie name.
 pub const DEFAULT_COOKIE: &str = "REMORA_AFFINITY";
 
@@ -460,31 +464,54 @@ impl Affinity {
                 None => select(None, Pin::None),
             },
             AffinityMode::AppCookie { name } => {
-                let value = request_cookies(req.headers, name)
-                    .find(|v| !v.is_empty() && v.len() <= app_cookie::MAX_APP_COOKIE_VALUE);
-                let Some(value) = value else {
+                // Several cookies of that name (other paths) may be sent:
+                // the first one the table knows wins, then a route suffix.
+                let values: Vec<&str> = request_cookies(req.headers, name)
+                    .filter(|v| !v.is_empty() && v.len() <= app_cookie::MAX_APP_COOKIE_VALUE)
+                    .take(MAX_APP_COOKIES)
+                    .collect();
+                let Some(first) = values.first() else {
                     return select(Some(Outcome::New), Pin::None);
                 };
-                let key = value.as_bytes().to_vec();
-                let by_suffix = || {
-                    let node = app_cookie::route_suffix(value)?;
-                    servers.iter().position(|s| &*s.name == node)
-                };
-                match self.table.get(&key, now) {
-                    Lookup::Found(server) => {
-                        let target = servers.iter().position(|s| s.name == server);
-                        self.pinned(target, &key.clone(), servers, elig, Pin::Key(key), secure)
+                let mut expired = false;
+                for value in &values {
+                    match self.table.get(value.as_bytes(), now) {
+                        Lookup::Found(server) => {
+                            let target = servers.iter().position(|s| s.name == server);
+                            let key = value.as_bytes().to_vec();
+                            return self.pinned(
+                                target,
+                                &key.clone(),
+                                servers,
+                                elig,
+                                Pin::Key(key),
+                                secure,
+                            );
+                        }
+                        Lookup::Expired(_) => expired = true,
+                        Lookup::Missing => {}
                     }
-                    other => match by_suffix() {
-                        Some(i) => {
-                            self.pinned(Some(i), &key.clone(), servers, elig, Pin::Key(key), secure)
-                        }
-                        None if matches!(other, Lookup::Expired(_)) => {
-                            select(Some(Outcome::Expired), Pin::Key(key))
-                        }
-                        None => select(Some(Outcome::New), Pin::Key(key)),
-                    },
                 }
+                for value in &values {
+                    let node = app_cookie::route_suffix(value);
+                    if let Some(i) = servers.iter().position(|s| Some(&*s.name) == node) {
+                        let key = value.as_bytes().to_vec();
+                        return self.pinned(
+                            Some(i),
+                            &key.clone(),
+                            servers,
+                            elig,
+                            Pin::Key(key),
+                            secure,
+                        );
+                    }
+                }
+                let outcome = if expired {
+                    Outcome::Expired
+                } else {
+                    Outcome::New
+                };
+                select(Some(outcome), Pin::Key(first.as_bytes().to_vec()))
             }
         }
     }

@@ -354,6 +354,9 @@ fn app_cookie_learns_and_honours_route_suffix() {
         assert_eq!(d.server(), Some(served));
     }
     assert_eq!(p.affinity.pinned_counts(&p.servers, at(T0))[served], 1);
+    // Several cookies of that name: the known one wins wherever it is.
+    let two = Req::new().header("cookie", "JSESSIONID=stale; JSESSIONID=abc123");
+    assert_eq!(p.resolve(&two, T0 + 10).server(), Some(served));
     // Expired after the TTL without use.
     assert_eq!(p.resolve(&req, T0 + 200).outcome(), Some(Outcome::Expired));
     // Jetty/Tomcat route suffix naming a server, never learned.
