@@ -200,6 +200,37 @@ pub fn tree_rss_kb(root: u32) -> u64 {
         .sum()
 }
 
+/// CPU time (user + system) used so far by `root` and its live
+/// descendants, in clock ticks (see [`clock_ticks_per_second`]).
+pub fn tree_cpu_ticks(root: u32) -> u64 {
+    tree_pids(root)
+        .into_iter()
+        .filter_map(|pid| fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .filter_map(|stat| parse_cpu_ticks(&stat))
+        .sum()
+}
+
+/// `utime + stime` (fields 14 and 15) from the text of `/proc/PID/stat`.
+fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// The kernel's clock ticks per second for `/proc` CPU times (`getconf
+/// CLK_TCK`; 100 if that cannot be run).
+pub fn clock_ticks_per_second() -> u64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .filter(|&t| t > 0)
+        .unwrap_or(100)
+}
+
 /// Whether the current process runs as root (from `/proc/self/status`).
 pub fn is_root() -> bool {
     fs::read_to_string("/proc/self/status")
@@ -221,6 +252,16 @@ mod tests {
         let stat = "1234 (we ird) name)) S 77 1234 1234 0 -1";
         assert_eq!(parse_ppid(stat), Some(77));
         assert_eq!(parse_ppid("garbage"), None);
+    }
+
+    #[test]
+    fn cpu_ticks_are_utime_plus_stime() {
+        // pid (comm) state ppid pgrp session tty tpgid flags minflt cminflt
+        // majflt cmajflt utime stime ...
+        let stat = "42 (a b) R 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 2";
+        assert_eq!(parse_cpu_ticks(stat), Some(300));
+        assert_eq!(parse_cpu_ticks("42 (x) R 1"), None);
+        assert!(clock_ticks_per_second() > 0);
     }
 
     #[test]

@@ -80,12 +80,23 @@ struct Running {
 }
 
 /// One target's figures.
+/// One wrk run and the CPU the target used for it.
+#[derive(Debug, Clone, PartialEq)]
+struct Run {
+    report: Report,
+    /// CPU time (user + system) of the target's processes per completed
+    /// request, microseconds; `None` for the direct run.
+    cpu_us_per_req: Option<f64>,
+}
+
 #[derive(Debug, Default)]
 struct Outcome {
-    /// Every round's report.
-    runs: Vec<Report>,
+    /// Every round's run.
+    runs: Vec<Run>,
     /// The median round (by requests/s).
     report: Option<Report>,
+    /// CPU per request in the median round.
+    cpu_us_per_req: Option<f64>,
     peak_rss_kb: Option<u64>,
     sticky: bool,
     idle_rss_kb: Option<u64>,
@@ -221,7 +232,10 @@ pub fn run(args: Args) -> Result<(), BenchError> {
     let mut outcomes: Vec<(Target, Outcome)> = Vec::new();
     for (target, running, mut outcome) in started {
         drop(running);
-        outcome.report = median_by_rps(&outcome.runs);
+        if let Some(run) = median_by_rps(&outcome.runs) {
+            outcome.report = Some(run.report);
+            outcome.cpu_us_per_req = run.cpu_us_per_req;
+        }
         if target == Target::Direct && outcome.report.is_none() {
             bar.finish_and_clear();
             return Err(BenchError::Setup(format!(
@@ -399,6 +413,9 @@ fn start(target: Target, ctx: &Ctx) -> Result<Running, BenchError> {
             )?;
             let mut cmd = Command::new(bin);
             cmd.arg("serve").arg("--config").arg(&path);
+            // Like HAProxy (no `log`) and nginx (`access_log off`): no
+            // per-request access log; startup and warnings still logged.
+            cmd.env("REMORA_LOG", "info,remora::access=off");
             Guard::spawn("remora", cmd, &ctx.dir.join("remora.log"))?
         }
     };
@@ -464,6 +481,7 @@ fn measure_load(
     let url = format!("http://{}{}", running.addr, configs::FILE);
     let pid = running.guard.as_ref().map(Guard::pid);
     let mut peak = outcome.peak_rss_kb.max(pid.map(proc::tree_rss_kb));
+    let cpu_before = pid.map(proc::tree_cpu_ticks);
     let total = load.duration.as_secs_f64().max(1.0);
     let result = wrk::run(&url, &headers, load, |elapsed| {
         if let Some(pid) = pid {
@@ -474,6 +492,14 @@ fn measure_load(
     });
     outcome.peak_rss_kb = peak;
     let report = result?;
+    let cpu_us_per_req = match (pid, cpu_before) {
+        (Some(pid), Some(before)) if report.requests > 0 => {
+            let ticks = proc::tree_cpu_ticks(pid).saturating_sub(before);
+            let ticks_per_s = proc::clock_ticks_per_second() as f64;
+            Some(ticks as f64 / ticks_per_s * 1e6 / report.requests as f64)
+        }
+        _ => None,
+    };
     if report.non_2xx > 0 || report.socket_errors > 0 {
         note(
             bar,
@@ -483,15 +509,18 @@ fn measure_load(
             ),
         );
     }
-    outcome.runs.push(report);
+    outcome.runs.push(Run {
+        report,
+        cpu_us_per_req,
+    });
     Ok(())
 }
 
 /// The run with the median requests/s (the lower middle one of an even
 /// count), so latency and rate come from the same run.
-fn median_by_rps(runs: &[Report]) -> Option<Report> {
-    let mut sorted: Vec<&Report> = runs.iter().collect();
-    sorted.sort_by(|a, b| a.rps.total_cmp(&b.rps));
+fn median_by_rps(runs: &[Run]) -> Option<Run> {
+    let mut sorted: Vec<&Run> = runs.iter().collect();
+    sorted.sort_by(|a, b| a.report.rps.total_cmp(&b.report.rps));
     sorted
         .get(sorted.len().saturating_sub(1) / 2)
         .map(|r| (*r).clone())
@@ -546,8 +575,8 @@ fn print_table(load: &Load, outcomes: &[(Target, Outcome)], idle_count: usize) {
         configs::FILE
     );
     println!(
-        "{:<8} {:>10} {:>8} {:>8} {:>13} {:>8} {:>16}",
-        "target", "req/s", "p50 ms", "p99 ms", "peak RSS MB", "errors", "idle RSS MB"
+        "{:<8} {:>10} {:>8} {:>8} {:>12} {:>13} {:>8} {:>18}",
+        "target", "req/s", "p50 ms", "p99 ms", "CPU us/req", "peak RSS MB", "errors", "idle RSS MB"
     );
     for (target, o) in outcomes {
         let dash = || "-".to_string();
@@ -560,6 +589,10 @@ fn print_table(load: &Load, outcomes: &[(Target, Outcome)], idle_count: usize) {
             ),
             None => (dash(), dash(), dash(), dash()),
         };
+        let cpu = o
+            .cpu_us_per_req
+            .map(|c| format!("{c:.1}"))
+            .unwrap_or_else(dash);
         let rss = o
             .peak_rss_kb
             .map(|k| format!("{:.1}", mb(k)))
@@ -569,7 +602,7 @@ fn print_table(load: &Load, outcomes: &[(Target, Outcome)], idle_count: usize) {
             _ => dash(),
         };
         println!(
-            "{:<8} {rps:>10} {p50:>8} {p99:>8} {rss:>13} {errors:>8} {idle:>16}",
+            "{:<8} {rps:>10} {p50:>8} {p99:>8} {cpu:>12} {rss:>13} {errors:>8} {idle:>18}",
             target.name()
         );
     }
@@ -585,6 +618,7 @@ fn json_line(load: &Load, outcomes: &[(Target, Outcome)], idle_count: usize) -> 
     let rss = |t| num(get(t).and_then(|o| o.peak_rss_kb).map(mb));
     let idle = |t| num(get(t).and_then(|o| o.idle_rss_kb).map(mb));
     let sticky = |t| Value::from(get(t).is_some_and(|o| o.sticky));
+    let cpu = |t| num(get(t).and_then(|o| o.cpu_us_per_req));
     let errors = |t| {
         get(t)
             .and_then(|o| o.report.as_ref())
@@ -609,6 +643,9 @@ fn json_line(load: &Load, outcomes: &[(Target, Outcome)], idle_count: usize) -> 
         ("remora_peak_rss_mb", rss(Target::Remora)),
         ("haproxy_peak_rss_mb", rss(Target::Haproxy)),
         ("nginx_peak_rss_mb", rss(Target::Nginx)),
+        ("remora_cpu_us_per_req", cpu(Target::Remora)),
+        ("haproxy_cpu_us_per_req", cpu(Target::Haproxy)),
+        ("nginx_cpu_us_per_req", cpu(Target::Nginx)),
         ("remora_errors", errors(Target::Remora)),
         ("haproxy_errors", errors(Target::Haproxy)),
         ("nginx_errors", errors(Target::Nginx)),
@@ -684,11 +721,17 @@ mod tests {
 
     #[test]
     fn median_run_is_the_middle_rate() {
+        let run = |rps, p99| Run {
+            report: report(rps, p99),
+            cpu_us_per_req: Some(p99 * 10.0),
+        };
         assert_eq!(median_by_rps(&[]), None);
-        let runs = [report(3.0, 1.0), report(1.0, 2.0), report(2.0, 3.0)];
-        assert_eq!(median_by_rps(&runs).map(|r| r.p99_ms), Some(3.0));
-        let even = [report(4.0, 1.0), report(1.0, 2.0)];
-        assert_eq!(median_by_rps(&even).map(|r| r.rps), Some(1.0));
+        let runs = [run(3.0, 1.0), run(1.0, 2.0), run(2.0, 3.0)];
+        let median = median_by_rps(&runs).expect("median");
+        assert_eq!(median.report.p99_ms, 3.0);
+        assert_eq!(median.cpu_us_per_req, Some(30.0));
+        let even = [run(4.0, 1.0), run(1.0, 2.0)];
+        assert_eq!(median_by_rps(&even).map(|r| r.report.rps), Some(1.0));
     }
 
     #[test]
