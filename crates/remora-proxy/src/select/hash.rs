@@ -185,18 +185,37 @@ impl Maglev {
     }
 
     /// The servers in the order a key with `hash` prefers them, each once,
-    /// only those `admit` accepts; stops after `limit` servers.
-    fn walk(&self, hash: u64, limit: usize, mut admit: impl FnMut(usize) -> bool) -> Vec<usize> {
+    /// only those `admit` accepts; stops as soon as `done(order so far)`
+    /// says so, or when every server was seen.
+    fn walk(
+        &self,
+        hash: u64,
+        servers: usize,
+        mut admit: impl FnMut(usize) -> bool,
+        mut done: impl FnMut(&[usize]) -> bool,
+    ) -> Vec<usize> {
         let size = self.table.len();
         let start = (hash % size as u64) as usize;
+        let mut seen = vec![false; servers];
+        let mut unseen = servers;
         let mut out: Vec<usize> = Vec::new();
         for step in 0..size {
             let i = self.table[(start + step) % size] as usize;
-            if !out.contains(&i) && admit(i) {
+            match seen.get_mut(i) {
+                Some(s) if !*s => {
+                    *s = true;
+                    unseen -= 1;
+                }
+                _ => continue,
+            }
+            if admit(i) {
                 out.push(i);
-                if out.len() >= limit {
+                if done(&out) {
                     break;
                 }
+            }
+            if unseen == 0 {
+                break;
             }
         }
         out
@@ -208,39 +227,60 @@ impl Maglev {
     }
 }
 
-/// Takes the first server of `order` (competing servers in preference
-/// order) that is within its bounded load, then the rest of `order` as
-/// fallbacks. `factor` 0 disables the bound.
-fn bounded(
-    order: &[usize],
-    servers: &[ServerEntry],
-    elig: &dyn Eligibility,
-    tier: Tier,
-    factor: u32,
-) -> Fallbacks {
-    let mut out = Fallbacks::new();
-    let chosen = if factor == 0 {
-        order.first().copied()
-    } else {
-        let factor = u128::from(factor.max(100));
+/// Bounded loads of one call: whether a server may take one more request.
+struct Capacity {
+    /// `factor x (total + 1)`; 0 when the bound is off.
+    scaled: u128,
+    /// `100 x total weight`.
+    denom: u128,
+}
+
+impl Capacity {
+    fn new(servers: &[ServerEntry], elig: &dyn Eligibility, tier: Tier, factor: u32) -> Self {
+        if factor == 0 {
+            return Self {
+                scaled: 0,
+                denom: 1,
+            };
+        }
         let mut total: u128 = 0;
         let mut total_w: u128 = 0;
         for i in tier.members(servers, elig) {
             total += u128::from(servers[i].stats.active_requests());
             total_w += u128::from(weight_of(elig, i));
         }
-        let denom = 100 * total_w.max(1);
-        order
-            .iter()
-            .copied()
-            .find(|&i| {
-                let w = u128::from(weight_of(elig, i));
-                let cap = (factor * (total + 1) * w).div_ceil(denom);
-                u128::from(servers[i].stats.active_requests()) < cap
-            })
-            .or_else(|| order.first().copied())
-    };
-    if let Some(c) = chosen {
+        Self {
+            scaled: u128::from(factor.max(100)) * (total + 1),
+            denom: 100 * total_w.max(1),
+        }
+    }
+
+    /// Server `i` is under `ceil(factor x (total + 1) x w / (100 x W))`.
+    fn admits(&self, servers: &[ServerEntry], elig: &dyn Eligibility, i: usize) -> bool {
+        if self.scaled == 0 {
+            return true;
+        }
+        let cap = (self.scaled * u128::from(weight_of(elig, i))).div_ceil(self.denom);
+        u128::from(servers[i].stats.active_requests()) < cap
+    }
+}
+
+/// Takes the first server of `order` (competing servers in preference
+/// order) that is within its bounded load (the first of all if none is),
+/// then the rest of `order` as fallbacks.
+fn bounded(
+    order: &[usize],
+    servers: &[ServerEntry],
+    elig: &dyn Eligibility,
+    cap: &Capacity,
+) -> Fallbacks {
+    let mut out = Fallbacks::new();
+    if let Some(c) = order
+        .iter()
+        .copied()
+        .find(|&i| cap.admits(servers, elig, i))
+        .or_else(|| order.first().copied())
+    {
         out.push(c);
     }
     for &i in order {
@@ -301,15 +341,21 @@ impl HashSelector {
         if tier.count == 0 {
             return Fallbacks::new();
         }
-        // Stop the walk once every competing server was seen (or, without
-        // bounded loads, once the candidate list is full).
-        let limit = if self.balance_factor == 0 {
-            MAX_CANDIDATES.min(tier.count)
-        } else {
-            tier.count
-        };
-        let order = table.walk(hash, limit, |i| tier.admits(servers, elig, i));
-        bounded(&order, servers, elig, tier, self.balance_factor)
+        let cap = Capacity::new(servers, elig, tier, self.balance_factor);
+        // Stop once a server within its bound was found and the list of
+        // candidates is full, or every competing server was seen.
+        let mut found = false;
+        let order = table.walk(
+            hash,
+            servers.len(),
+            |i| tier.admits(servers, elig, i),
+            |order| {
+                let last = order[order.len() - 1];
+                found = found || cap.admits(servers, elig, last);
+                (found && order.len() >= MAX_CANDIDATES) || order.len() >= tier.count
+            },
+        );
+        bounded(&order, servers, elig, &cap)
     }
 }
 
@@ -363,7 +409,12 @@ pub fn rendezvous(
         .collect();
     scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
     let order: Vec<usize> = scored.into_iter().map(|(_, i)| i).collect();
-    bounded(&order, servers, elig, tier, balance_factor)
+    bounded(
+        &order,
+        servers,
+        elig,
+        &Capacity::new(servers, elig, tier, balance_factor),
+    )
 }
 
 /// The rendezvous winner for `key` among all non-backup servers (all
