@@ -113,6 +113,7 @@ async fn save(shared: &Arc<Shared>, headers: &mut HeaderMap) -> Result<(), Store
         rec.purge_expired_attributes(now);
         rec.slide(now, ms(ctx.cfg.idle_timeout));
         rec.version = rec.version.max(expected) + 1;
+        rec.bump_replica_seq(now);
         let mut rounds = 0;
         loop {
             match ctx.call("save", ctx.store.save(&rec, expected)).await? {
@@ -128,6 +129,7 @@ async fn save(shared: &Arc<Shared>, headers: &mut HeaderMap) -> Result<(), Store
                     ctx.metrics.conflicts_merged.inc();
                     expected = cur.version;
                     rec = merge(&cur, &rec, &changes);
+                    rec.bump_replica_seq(now);
                     rec.purge_expired_attributes(now);
                 }
                 SaveOutcome::Conflict { current: None } => {

@@ -45,6 +45,15 @@ pub trait ReplicaHooks: Send + Sync + 'static {
     /// after a touch, an invalidation or a failed save.
     fn on_saved(&self, record: &Record, headers: &mut HeaderMap);
 
+    /// Called, synchronously, when a request presenting session `id`
+    /// arrives, before its session object is shared with concurrent requests
+    /// on the same ID. A replica carried by this request can then release a
+    /// request that waits in [`ReplicaHooks::on_unknown_id`] for the same ID
+    /// (which holds that object's load). Default: nothing.
+    fn on_request(&self, headers: &HeaderMap, id: &str) {
+        let _ = (headers, id);
+    }
+
     /// Called after the session `id` was invalidated and deleted from the
     /// store, with the response headers (e.g. to tell the client to drop
     /// its replica, so that a logout cannot be undone by a restore).

@@ -301,6 +301,9 @@ where
                 None => None,
             };
             let had_cookie = presented_some(&req, &cookie_name);
+            if let (Some(h), Some(id)) = (&ctx.hooks, &valid) {
+                h.on_request(req.headers(), id);
+            }
             let shared = ctx.attach(valid.clone());
             let session = Session::new(shared);
             let mut guard = Guard {

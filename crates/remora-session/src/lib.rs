@@ -16,6 +16,7 @@ pub mod id;
 mod layer;
 mod metrics;
 pub mod record;
+pub mod replica;
 mod session;
 pub mod store;
 

@@ -80,6 +80,13 @@ pub struct Record {
     pub absolute_deadline: u64,
     /// Attributes by key.
     pub attributes: BTreeMap<String, Attribute>,
+    /// Sequence of the newest replica made of this session: Unix ms, and
+    /// never lower than one more than the replica it was restored from (a
+    /// per-session Lamport clock, so clock skew between servers cannot make a
+    /// newer replica look older). Clients keep the replica with the highest
+    /// sequence. 0 = no replica made yet.
+    #[serde(default)]
+    pub replica_seq: u64,
 }
 
 impl Record {
@@ -94,6 +101,7 @@ impl Record {
             idle_deadline: now.saturating_add(idle_ms).min(absolute_deadline),
             absolute_deadline,
             attributes: BTreeMap::new(),
+            replica_seq: 0,
         }
     }
 
@@ -120,6 +128,11 @@ impl Record {
         let mut r = self.clone();
         r.attributes.retain(|_, a| !a.once && !a.server_only);
         r
+    }
+
+    /// Advances [`Record::replica_seq`] for a write at `now` (Unix ms).
+    pub fn bump_replica_seq(&mut self, now: u64) {
+        self.replica_seq = now.max(self.replica_seq.saturating_add(1));
     }
 
     /// Serialized size in bytes (the size the limit applies to).
@@ -184,6 +197,7 @@ pub fn merge(current: &Record, local: &Record, changes: &BTreeMap<String, Change
         .max(local.idle_deadline)
         .min(out.absolute_deadline);
     out.version = current.version + 1;
+    out.replica_seq = out.replica_seq.max(local.replica_seq);
     out
 }
 
