@@ -159,6 +159,9 @@ async fn proxy(
     if content_length(&req).is_some_and(|n| n > limits.max_body_bytes) {
         return local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
     }
+    if req.method() == http::Method::CONNECT {
+        return local(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not supported\n");
+    }
     let host = request_host(&req);
     let pool_name = route::pool_for(&lst.config, host.as_deref(), req.uri().path());
     info.pool = pool_name.to_string();
@@ -182,7 +185,7 @@ async fn proxy(
         return no_server("no server available\n");
     }
     if websocket::is_upgrade(&req) {
-        return websocket::proxy(shared, ctx, &pool, decision, req, host, info).await;
+        return websocket::proxy(ctx, &pool, decision, req, host, info, limits).await;
     }
     forward_with_retries(shared, ctx, &pool, decision, req, host, info, limits).await
 }

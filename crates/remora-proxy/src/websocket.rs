@@ -13,10 +13,10 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::affinity::Decision;
+use crate::config::Limits;
 use crate::forward::{self, BoxError, ProxyBody, add_forwarding, local, strip_hop_by_hop};
 use crate::pool::Pool;
 use crate::proxy::{ConnCtx, RequestInfo, no_server};
-use crate::serve::Shared;
 
 /// Whether `req` asks for a WebSocket upgrade.
 pub fn is_upgrade<B>(req: &Request<B>) -> bool {
@@ -29,16 +29,16 @@ pub fn is_upgrade<B>(req: &Request<B>) -> bool {
 }
 
 /// Proxies a WebSocket handshake and, on `101`, splices the two connections.
+#[allow(clippy::too_many_arguments)]
 pub async fn proxy(
-    shared: &Arc<Shared>,
     ctx: &ConnCtx,
     pool: &Arc<Pool>,
     mut decision: Decision,
     mut req: Request<Incoming>,
     host: Option<String>,
     info: &mut RequestInfo,
+    limits: &Limits,
 ) -> Response<ProxyBody> {
-    let limits = shared.runtime.load().config.limits.clone();
     let client_upgrade = hyper::upgrade::on(&mut req);
     let (mut parts, _) = req.into_parts();
     let upgrade = parts.headers.get(header::UPGRADE).cloned();
