@@ -185,6 +185,11 @@ impl SessionLayer {
         self.ctx().restore_record(record).await.map(Some)
     }
 
+    /// The name of the session cookie as sent (with any `__Host-` prefix).
+    pub fn cookie_name(&self) -> String {
+        self.cfg.full_cookie_name()
+    }
+
     /// The store this layer uses.
     pub fn store(&self) -> Arc<dyn Store> {
         self.store.clone()

@@ -2,6 +2,7 @@
 
 mod bayeux;
 mod check;
+mod demo_app;
 mod keygen;
 mod serve;
 mod test_backend;
@@ -31,6 +32,8 @@ enum Command {
     Keygen(keygen::Args),
     /// Serve Bayeux (CometD/Faye compatible) at `/cometd`.
     Bayeux(bayeux::Args),
+    /// The demo's shop server: sessions with replicas, the page, `/cometd`.
+    DemoApp(demo_app::Args),
 }
 
 fn main() -> ExitCode {
@@ -41,5 +44,6 @@ fn main() -> ExitCode {
         Command::TestBackend(args) => test_backend::run(args),
         Command::Keygen(args) => keygen::run(args),
         Command::Bayeux(args) => bayeux::run(args),
+        Command::DemoApp(args) => demo_app::run(args),
     }
 }

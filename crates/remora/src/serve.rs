@@ -47,7 +47,8 @@ pub fn run(args: Args) -> ExitCode {
     }
 }
 
-fn init_tracing() {
+/// Logs to stderr, filtered by `REMORA_LOG` (default `info`).
+pub(crate) fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("REMORA_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()

@@ -2,6 +2,7 @@
 //! incoming and outgoing message. The `ack` extension lives here too.
 
 pub mod ack;
+pub mod replica;
 
 use crate::engine::Bayeux;
 use crate::message::Message;
