@@ -186,7 +186,8 @@ pub fn header_bytes(h: &HeaderMap, uri: &Uri) -> usize {
     h.iter()
         .map(|(k, v)| k.as_str().len() + v.len() + 4)
         .sum::<usize>()
-        + uri.to_string().len()
+        + uri.path_and_query().map_or(1, |p| p.as_str().len())
+        + uri.authority().map_or(0, |a| a.as_str().len())
         + 16
 }
 

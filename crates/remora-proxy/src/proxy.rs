@@ -67,7 +67,8 @@ pub async fn handle(
     let guard = InflightGuard(ctx.inflight.clone());
     let start = Instant::now();
     let method = req.method().clone();
-    let path: String = req.uri().path().chars().take(256).collect();
+    let path: Option<String> = tracing::enabled!(target: "remora::access", tracing::Level::INFO)
+        .then(|| req.uri().path().chars().take(256).collect());
     let mut info = RequestInfo {
         pool: "-".into(),
         ..RequestInfo::default()
@@ -102,7 +103,7 @@ pub async fn handle(
         target: "remora::access",
         client = %ctx.client.addr,
         %method,
-        path,
+        path = path.as_deref().unwrap_or(""),
         pool = %info.pool,
         server,
         affinity = outcome,

@@ -164,3 +164,56 @@ async fn h2c_prior_knowledge_and_listener_added_by_reload() {
         "b1"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_sharing_a_keyring_honour_each_others_cookies() {
+    let (b1, b2) = (backend("b1"), backend("b2"));
+    let keys = tempfile::tempdir().expect("tempdir");
+    let out = std::process::Command::new(BIN)
+        .arg("keygen")
+        .output()
+        .expect("keygen");
+    let key_file = keys.path().join("remora.keys");
+    std::fs::write(&key_file, &out.stdout).expect("keys");
+    let keys_toml = format!("[keys]\nfile = \"{}\"\n", key_file.display());
+    let (addr_a, adm_a) = (free_addr(), free_addr());
+    let (addr_b, adm_b) = (free_addr(), free_addr());
+    let servers = servers_toml(&[&b1, &b2]);
+    let a = start(
+        &(keys_toml.clone() + &config(addr_a, adm_a, "", COOKIE_POOL, &servers)),
+        addr_a,
+        adm_a,
+    );
+    let text_b = keys_toml
+        + &config(addr_b, adm_b, "", COOKIE_POOL, &servers).replace(
+            &format!("token = \"{TOKEN}\""),
+            &format!("token = \"{TOKEN}\"\npublic_metrics = true"),
+        );
+    let b = start(&text_b, addr_b, adm_b);
+    let c = client();
+    let mut pins = Vec::new();
+    for _ in 0..4 {
+        let r = whoami(&c, &a, None).await;
+        pins.push((r.affinity_cookie().expect("cookie"), r.body));
+    }
+    for (cookie, server) in &pins {
+        let r = whoami(&c, &b, Some(cookie)).await;
+        assert_eq!(&r.body, server, "instance B follows instance A's cookie");
+    }
+    // public_metrics: B's /metrics needs no token, A's does.
+    let m = get(&c, &format!("http://{adm_b}/metrics"), &[]).await;
+    assert_eq!(m.status, 200);
+    assert!(m.body.contains(r#"outcome="hit""#), "{}", m.body);
+    assert_eq!(
+        get(&c, &format!("http://{adm_a}/metrics"), &[])
+            .await
+            .status,
+        401
+    );
+    assert_eq!(
+        get(&c, &format!("http://{adm_b}/api/servers"), &[])
+            .await
+            .status,
+        401
+    );
+}
