@@ -7,9 +7,9 @@
 import { REPLICA_CHANNEL } from './replica.js';
 
 function take(store, message) {
-  if (message && message.channel === REPLICA_CHANNEL && message.data && typeof message.data.replica === 'string') {
-    store.offer(message.data.replica, message.data.seq);
-  }
+  if (!message || message.channel !== REPLICA_CHANNEL || !message.data) return;
+  if (typeof message.data.replica === 'string') store.offer(message.data.replica, message.data.seq);
+  else if (message.data.replica === null) store.clear(); // the session ended
 }
 
 function stamp(store, message) {

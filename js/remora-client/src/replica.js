@@ -17,6 +17,8 @@ export const SEQ_HEADER = 'Session-Replica-Seq';
 export const CAPABLE_HEADER = 'Session-Replica-Capable';
 /** Response header on a 409: the server wants the replica; resend once with it. */
 export const WANTED_HEADER = 'Session-Replica-Wanted';
+/** Response header: the session ended (logout); drop the replica. */
+export const DROP_HEADER = 'Session-Replica-Drop';
 /** Cookie that tells the server, on page navigations, that this browser holds a replica (value: its seq). */
 export const HELD_COOKIE = 'remora_replica_held';
 /** The Bayeux channel on which the server pushes replicas. */
@@ -130,6 +132,10 @@ export class ReplicaStore {
 
   /** Takes a replica from a fetch `Response` (or anything with `headers.get`). */
   captureFrom(response) {
+    if (response?.headers?.get?.(DROP_HEADER) === '1') {
+      this.clear();
+      return false;
+    }
     const replica = response?.headers?.get?.(REPLICA_HEADER);
     if (!replica) return false;
     return this.offer(replica, response.headers.get(SEQ_HEADER));

@@ -81,4 +81,6 @@ test('CometD and Faye extensions capture pushed replicas and stamp handshakes', 
   await new Promise((done) => f.incoming({ channel: '/service/ext/session', data: { replica: 'r10', seq: 10 } }, done));
   const out = await new Promise((done) => f.outgoing({ channel: '/meta/handshake' }, done));
   assert.equal(out.ext.session, 'r10');
+  c.incoming({ channel: '/service/ext/session', data: { replica: null, seq: 0 } });
+  assert.equal(store.get(), null, 'a pushed null replica (session ended) clears it');
 });

@@ -76,3 +76,11 @@ test('sets and clears the held hint cookie for page navigations', () => {
   none.offer('h2', 1);
   assert.equal(doc.cookie, '');
 });
+
+test('a Session-Replica-Drop response clears the replica (logout cannot be undone by a restore)', () => {
+  const store = new ReplicaStore({ origin: 'o', storage: new MemoryStorage() });
+  store.offer('r1', 1);
+  const headers = new Headers({ 'Session-Replica-Drop': '1' });
+  assert.equal(store.captureFrom({ headers }), false);
+  assert.equal(store.get(), null);
+});
