@@ -2,6 +2,7 @@
 
 mod bayeux;
 mod check;
+mod demo;
 mod demo_app;
 mod keygen;
 mod serve;
@@ -32,6 +33,8 @@ enum Command {
     Keygen(keygen::Args),
     /// Serve Bayeux (CometD/Faye compatible) at `/cometd`.
     Bayeux(bayeux::Args),
+    /// The demo: a shop behind the balancer whose cart survives a crashed server.
+    Demo(demo::Args),
     /// The demo's shop server: sessions with replicas, the page, `/cometd`.
     DemoApp(demo_app::Args),
 }
@@ -44,6 +47,7 @@ fn main() -> ExitCode {
         Command::TestBackend(args) => test_backend::run(args),
         Command::Keygen(args) => keygen::run(args),
         Command::Bayeux(args) => bayeux::run(args),
+        Command::Demo(args) => demo::run(args),
         Command::DemoApp(args) => demo_app::run(args),
     }
 }

@@ -66,9 +66,13 @@ pub struct Args {
     /// Redis URL for `--store redis`.
     #[arg(long, default_value = "redis://127.0.0.1:6379")]
     pub redis: String,
-    /// File for `--store redb` (default: `remora-demo-NAME.redb` in the temp dir).
+    /// Directory for `--store redb`: the file is `NAME.redb` there (default: the temp dir).
     #[arg(long)]
-    pub redb_path: Option<PathBuf>,
+    pub redb_dir: Option<PathBuf>,
+    /// Exit when standard input closes (the demo holds it open, so its shops
+    /// die with it however it dies).
+    #[arg(long)]
+    pub exit_on_stdin_eof: bool,
     /// Keyring file (one base64url key a line); every shop server must share it.
     #[arg(long)]
     pub keys: Option<PathBuf>,
@@ -151,7 +155,27 @@ async fn publish_cluster(bayeux: Bayeux, admin: Arc<admin::Admin>) {
     }
 }
 
+/// Exits the process when standard input reaches end of file (on a thread
+/// of its own: a blocking read).
+fn exit_on_stdin_eof() {
+    std::thread::spawn(|| {
+        use std::io::Read;
+        let mut stdin = std::io::stdin();
+        let mut buf = [0u8; 64];
+        while let Ok(n) = stdin.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+        }
+        tracing::info!("standard input closed: the demo is gone; exiting");
+        std::process::exit(0);
+    });
+}
+
 async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    if args.exit_on_stdin_eof {
+        exit_on_stdin_eof();
+    }
     let keys = match &args.keys {
         Some(p) => Keyring::load(p)?,
         None => {
@@ -168,9 +192,11 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             s
         }
         StoreKind::Redb => {
-            let path = args.redb_path.clone().unwrap_or_else(|| {
-                std::env::temp_dir().join(format!("remora-demo-{}.redb", args.name))
-            });
+            let path = args
+                .redb_dir
+                .clone()
+                .unwrap_or_else(std::env::temp_dir)
+                .join(format!("{}.redb", args.name));
             let s = Arc::new(remora_session::store::RedbStore::open(&path)?);
             remora_session::store::spawn_sweeper(s.clone(), Duration::from_secs(60));
             s
