@@ -83,6 +83,7 @@ async function act(fn) {
   try {
     showError(null);
     render(await fn());
+    pollCluster();
   } catch (err) {
     showError(err);
   }
