@@ -40,6 +40,16 @@ pub fn client(connect_timeout: Duration) -> UpstreamClient {
         .build(http)
 }
 
+thread_local! {
+    static THREAD_CLIENT: std::cell::OnceCell<UpstreamClient> = const { std::cell::OnceCell::new() };
+}
+
+/// This thread's keep-alive client: each worker thread keeps its own pool,
+/// so a request and its server connection stay on one thread.
+pub fn thread_client(connect_timeout: Duration) -> UpstreamClient {
+    THREAD_CLIENT.with(|c| c.get_or_init(|| client(connect_timeout)).clone())
+}
+
 /// A small local response (errors, admin).
 pub fn local(status: StatusCode, body: &str) -> Response<ProxyBody> {
     let mut r = Response::new(full(Bytes::copy_from_slice(body.as_bytes())));

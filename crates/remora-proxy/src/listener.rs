@@ -56,15 +56,99 @@ pub async fn accept_loop(
             _ = shutdown.changed() => return,
         };
         let _ = stream.set_nodelay(true);
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            shared.connections.fetch_add(1, Ordering::Relaxed);
-            shared.metrics.active_connections.inc();
-            serve_connection(&shared, stream, peer, addr).await;
-            shared.metrics.active_connections.dec();
-            shared.connections.fetch_sub(1, Ordering::Relaxed);
+        shared.connections.fetch_add(1, Ordering::Relaxed);
+        shared.metrics.active_connections.inc();
+        // On a worker, the socket moves to that worker's reactor: the
+        // connection, its requests and their server connections then stay
+        // on one thread.
+        let worker = shared.workers.next();
+        let socket = match worker {
+            Some(_) => stream.into_std().map(Socket::Std),
+            None => Ok(Socket::Tokio(stream)),
+        };
+        let task_shared = shared.clone();
+        let task = async move {
+            let stream = match socket {
+                Ok(Socket::Tokio(s)) => Some(s),
+                Ok(Socket::Std(s)) => TcpStream::from_std(s)
+                    .map_err(|e| tracing::warn!(error = %e, "cannot register connection"))
+                    .ok(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot hand off connection");
+                    None
+                }
+            };
+            if let Some(stream) = stream {
+                serve_connection(&task_shared, stream, peer, addr).await;
+            }
+            task_shared.metrics.active_connections.dec();
+            task_shared.connections.fetch_sub(1, Ordering::Relaxed);
             drop(permit);
-        });
+        };
+        match worker {
+            Some(handle) => drop(handle.spawn(task)),
+            None => drop(tokio::spawn(task)),
+        }
+    }
+}
+
+enum Socket {
+    Tokio(TcpStream),
+    Std(std::net::TcpStream),
+}
+
+/// Threads, each with a single-threaded runtime, that run client
+/// connections (thread per core, like HAProxy's `nbthread`).
+pub struct Workers {
+    handles: Vec<tokio::runtime::Handle>,
+    next: AtomicUsize,
+}
+
+impl Workers {
+    /// Starts `n` worker threads (0: none; connections then run on the
+    /// caller's runtime).
+    pub fn start(n: usize) -> Workers {
+        let mut handles = Vec::new();
+        for i in 0..n {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let spawned = std::thread::Builder::new()
+                .name(format!("remora-worker-{i}"))
+                .spawn(move || {
+                    let rt = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(rt) => rt,
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot start a worker runtime");
+                            return;
+                        }
+                    };
+                    if tx.send(rt.handle().clone()).is_err() {
+                        return;
+                    }
+                    rt.block_on(std::future::pending::<()>());
+                });
+            if spawned.is_err() {
+                continue;
+            }
+            if let Ok(h) = rx.recv() {
+                handles.push(h);
+            }
+        }
+        Workers {
+            handles,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// The next worker, round-robin (`None` without workers).
+    pub fn next(&self) -> Option<tokio::runtime::Handle> {
+        if self.handles.is_empty() {
+            return None;
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.handles.len();
+        self.handles.get(i).cloned()
     }
 }
 

@@ -239,7 +239,7 @@ async fn forward_with_retries(
         *up.headers_mut() = parts.headers.clone();
         let guard = server.begin();
         let t0 = Instant::now();
-        match forward::send(&shared.client, up, limits.server_timeout).await {
+        match forward::send(&shared.client(), up, limits.server_timeout).await {
             Ok(resp) => {
                 server.live.stats.observe_latency(t0.elapsed());
                 if resp.status().is_server_error() {

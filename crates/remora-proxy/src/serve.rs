@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::forward::{self, UpstreamClient};
+use crate::listener::Workers;
 use crate::metrics::Metrics;
 use crate::reload::{ReloadError, Runtime};
 use crate::{admin, health, listener};
@@ -51,8 +52,10 @@ pub struct Shared {
     pub runtime: ArcSwap<Runtime>,
     /// Metrics.
     pub metrics: Metrics,
-    /// Keep-alive client to servers.
-    pub client: UpstreamClient,
+    /// Time allowed to connect to a server (the clients are per thread).
+    pub connect_timeout: Duration,
+    /// Threads that run client connections.
+    pub workers: Workers,
     /// The configuration file (reloads re-read it).
     pub config_path: PathBuf,
     /// Open client connections.
@@ -64,6 +67,11 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// The keep-alive client to servers of the calling thread.
+    pub fn client(&self) -> UpstreamClient {
+        forward::thread_client(self.connect_timeout)
+    }
+
     /// A receiver that turns `true` when the balancer starts draining.
     pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
         self.shutdown.subscribe()
@@ -146,8 +154,16 @@ impl Shared {
     }
 }
 
-/// Runs the balancer until SIGTERM/SIGINT and a graceful drain.
+/// Runs the balancer until SIGTERM/SIGINT and a graceful drain, with one
+/// worker thread per CPU for client connections.
 pub async fn run(config: Config) -> Result<(), ServeError> {
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+    run_with_workers(config, n).await
+}
+
+/// [`run`] with `workers` threads for client connections (0: run them on
+/// the caller's runtime).
+pub async fn run_with_workers(config: Config, workers: usize) -> Result<(), ServeError> {
     let config_path = config.path.clone();
     let connect_timeout = config.limits.connect_timeout;
     let admin_cfg = config.admin.clone();
@@ -162,7 +178,8 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
     let shared = Arc::new(Shared {
         runtime: ArcSwap::new(rt.clone()),
         metrics: Metrics::new(),
-        client: forward::client(connect_timeout),
+        connect_timeout,
+        workers: Workers::start(workers),
         config_path,
         connections: AtomicUsize::new(0),
         shutdown,

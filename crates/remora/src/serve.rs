@@ -11,7 +11,7 @@ pub struct Args {
     /// Configuration file (TOML; see docs/configuration.md).
     #[arg(long, short, default_value = "remora.toml")]
     config: PathBuf,
-    /// Worker threads (default: one per CPU).
+    /// Worker threads for client connections (default: one per CPU).
     #[arg(long)]
     threads: Option<usize>,
 }
@@ -26,19 +26,26 @@ pub fn run(args: Args) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
-    rt.enable_all();
-    if let Some(n) = args.threads {
-        rt.worker_threads(n.max(1));
-    }
-    let rt = match rt.build() {
+    // A small runtime for accepting, health checks and the admin API; client
+    // connections run on per-core worker threads started by remora-proxy.
+    let workers = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(remora_proxy::serve::run(config)) {
+    match rt.block_on(remora_proxy::serve::run_with_workers(
+        config,
+        workers.max(1),
+    )) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("remora serve: {}", remora_proxy::admin::error_chain(&e));
