@@ -356,3 +356,67 @@ pub fn affinity_config(config: &PoolConfig) -> affinity::AffinityConfig {
         ..affinity::AffinityConfig::default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn pool(extra: &str) -> Pool {
+        let text = format!(
+            "[[listener]]\nname = \"w\"\nlisten = \"127.0.0.1:1\"\npool = \"app\"\n\
+             [[pool]]\nname = \"app\"\n\
+             [[pool.server]]\nname = \"a\"\naddress = \"127.0.0.1:2\"\nweight = 10\n{extra}\n\
+             [[pool.server]]\nname = \"b\"\naddress = \"127.0.0.1:3\"\n"
+        );
+        let cfg = Config::parse(&text, std::path::Path::new("t.toml")).expect("config");
+        let ring = remora_seal::Keyring::generate();
+        let sealer = Arc::new(Sealer::new(&ring, remora_seal::Purpose::Affinity));
+        Pool::new(cfg.pools[0].clone(), None, &sealer).expect("pool")
+    }
+
+    #[test]
+    fn slow_start_ramps_weight_from_one() {
+        let p = pool("slow_start = \"1h\"");
+        assert_eq!(p.servers[0].effective_weight(), 1);
+        let p = pool("");
+        assert_eq!(p.servers[0].effective_weight(), 10);
+    }
+
+    #[test]
+    fn states_and_health_give_availability() {
+        let p = pool("max_connections = 1");
+        let a = &p.servers[0];
+        assert_eq!(a.availability(), Availability::Ready);
+        a.set_state(ServerState::Drain);
+        assert_eq!(a.availability(), Availability::Drain);
+        assert!(a.serves_pinned() && !a.takes_new());
+        a.set_state(ServerState::Ready);
+        let guard = a.begin();
+        assert_eq!(a.availability(), Availability::Full);
+        drop(guard);
+        assert!(!a.record_failure(0, Duration::from_secs(1)));
+        for _ in 0..2 {
+            assert!(!a.record_failure(3, Duration::from_secs(60)));
+        }
+        assert!(a.record_failure(3, Duration::from_secs(60)));
+        assert_eq!(a.availability(), Availability::Down);
+        assert!(a.ejection_holds());
+        a.set_state(ServerState::Maintenance);
+        assert_eq!(a.availability(), Availability::Maintenance);
+    }
+
+    #[test]
+    fn reload_keeps_live_state_of_same_name_and_address() {
+        let old = pool("");
+        old.servers[0].set_state(ServerState::Drain);
+        old.servers[1].set_healthy(false);
+        let ring = remora_seal::Keyring::generate();
+        let sealer = Arc::new(Sealer::new(&ring, remora_seal::Purpose::Affinity));
+        let mut cfg = old.config.clone();
+        cfg.servers[1].address = "127.0.0.1:4".into();
+        let new = Pool::new(cfg, Some(&old), &sealer).expect("pool");
+        assert_eq!(new.servers[0].state(), ServerState::Drain);
+        assert!(new.servers[1].healthy(), "a moved server starts fresh");
+    }
+}

@@ -217,3 +217,61 @@ async fn two_instances_sharing_a_keyring_honour_each_others_cookies() {
         401
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passive_ejection_on_5xx_then_readmission() {
+    let b1 = backend("b1");
+    let (addr, adm) = (free_addr(), free_addr());
+    let pool = COOKIE_POOL.replace(
+        "fall = 1\n",
+        "fall = 1\npassive_fall = 3\npassive_backoff = \"500ms\"\n",
+    );
+    let r = start(
+        &config(addr, adm, "", &pool, &servers_toml(&[&b1])),
+        addr,
+        adm,
+    );
+    let c = client();
+    let url = format!("http://{addr}/status/500");
+    for _ in 0..3 {
+        assert_eq!(get(&c, &url, &[]).await.status, 500);
+    }
+    let resp = whoami(&c, &r, None).await;
+    assert_eq!(resp.status, 503, "ejected after 3 consecutive 5xx");
+    assert!(r.log().contains("passive"), "{}", r.log());
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            whoami(&c, &r, None).await.status == 200
+        })
+        .await,
+        "re-admitted by active checks after the backoff: {}",
+        r.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_server_only_when_primaries_are_unusable() {
+    let (b1, b2) = (backend("b1"), backend("b2"));
+    let (addr, adm) = (free_addr(), free_addr());
+    let servers = servers_toml(&[&b1, &b2]).replacen(
+        &format!("address = \"{}\"\n", b2.addr),
+        &format!("address = \"{}\"\nbackup = true\n", b2.addr),
+        1,
+    );
+    let r = start(&config(addr, adm, "", COOKIE_POOL, &servers), addr, adm);
+    let c = client();
+    for _ in 0..6 {
+        assert_eq!(whoami(&c, &r, None).await.body, "b1");
+    }
+    admin(
+        &c,
+        &r,
+        "PUT",
+        "/api/pools/app/servers/b1/state",
+        r#"{"state":"maintenance"}"#,
+    )
+    .await;
+    for _ in 0..4 {
+        assert_eq!(whoami(&c, &r, None).await.body, "b2");
+    }
+}
