@@ -2,11 +2,19 @@
 //!
 //! Each subcommand starts what it measures itself, shows a progress bar on
 //! stderr, prints a table and ends with one JSON line on stdout.
+//!
+//! Shared helpers for every subcommand: `proc` (start and always stop child
+//! processes, free ports, resident memory and CPU time of a process tree),
+//! `http` (a tiny bounded HTTP/1.1 client), `idle` (many idle keep-alive
+//! connections), `wrk` (run wrk, parse its report) and `report` (the
+//! progress bar and the ordered JSON line).
 
 mod http;
 mod idle;
 mod proc;
 mod proxy;
+mod report;
+mod sessions;
 mod wrk;
 
 use std::process::ExitCode;
@@ -25,6 +33,8 @@ struct Cli {
 enum Bench {
     /// Requests/s, latency and memory: direct, Remora, HAProxy, nginx.
     Proxy(proxy::Args),
+    /// Session layer: remora-session vs tower-sessions, Redis and memory.
+    Sessions(sessions::Args),
 }
 
 /// Why a benchmark could not run.
@@ -65,6 +75,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.bench {
         Bench::Proxy(args) => proxy::run(args),
+        Bench::Sessions(args) => sessions::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

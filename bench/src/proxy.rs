@@ -12,10 +12,11 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use serde_json::Value;
 
 use crate::proc::{self, Guard};
+use crate::report::{self, note, num};
 use crate::wrk::{self, Load, Report};
 use crate::{BenchError, http, idle};
 
@@ -177,12 +178,7 @@ pub fn run(args: Args) -> Result<(), BenchError> {
     };
     let rounds = u64::from(args.rounds.max(1));
     let phases = targets.len() as u64 * rounds + idle_targets.len() as u64;
-    let bar = ProgressBar::new(phases * 100);
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {percent:>3}% {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    bar.enable_steady_tick(Duration::from_millis(200));
+    let bar = report::progress(phases * 100);
 
     // Start every target first, then measure them in turn, round after
     // round, so a burst of outside load hits each of them alike.
@@ -451,12 +447,6 @@ fn start(target: Target, ctx: &Ctx) -> Result<Running, BenchError> {
     })
 }
 
-/// Prints a line on stderr above the progress bar (also when the bar is
-/// hidden because stderr is not a terminal).
-fn note(bar: &ProgressBar, line: String) {
-    bar.suspend(|| eprintln!("{line}"));
-}
-
 fn find_cookie(set_cookies: &[String], name: &str) -> Option<String> {
     set_cookies
         .iter()
@@ -611,7 +601,6 @@ fn print_table(load: &Load, outcomes: &[(Target, Outcome)], idle_count: usize) {
 /// The final line: the required keys first, in order, then extras.
 fn json_line(load: &Load, outcomes: &[(Target, Outcome)], idle_count: usize) -> String {
     let get = |t: Target| outcomes.iter().find(|(x, _)| *x == t).map(|(_, o)| o);
-    let num = |v: Option<f64>| v.map_or(Value::Null, |f| Value::from((f * 100.0).round() / 100.0));
     let rps = |t| num(get(t).and_then(|o| o.report.as_ref()).map(|r| r.rps));
     let p50 = |t| num(get(t).and_then(|o| o.report.as_ref()).map(|r| r.p50_ms));
     let p99 = |t| num(get(t).and_then(|o| o.report.as_ref()).map(|r| r.p99_ms));
@@ -656,11 +645,7 @@ fn json_line(load: &Load, outcomes: &[(Target, Outcome)], idle_count: usize) -> 
         ("threads", Value::from(load.threads)),
         ("duration_s", Value::from(load.duration.as_secs())),
     ];
-    let body: Vec<String> = fields
-        .into_iter()
-        .map(|(k, v)| format!("{}:{v}", Value::from(k)))
-        .collect();
-    format!("{{{}}}", body.join(","))
+    report::json_line(fields)
 }
 
 #[cfg(test)]
