@@ -291,7 +291,7 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
         addr,
         adm,
     );
-    let url = format!("http://{addr}/slow?ms=700");
+    let url = format!("http://{addr}/slow?ms=1500");
     let slow = tokio::spawn(async move {
         let c = client();
         request(&c, "GET", &url, &[], "").await

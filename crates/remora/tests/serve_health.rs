@@ -224,7 +224,7 @@ async fn passive_ejection_on_5xx_then_readmission() {
     let (addr, adm) = (free_addr(), free_addr());
     let pool = COOKIE_POOL.replace(
         "fall = 1\n",
-        "fall = 1\npassive_fall = 3\npassive_backoff = \"500ms\"\n",
+        "fall = 1\npassive_fall = 3\npassive_backoff = \"1500ms\"\n",
     );
     let r = start(
         &config(addr, adm, "", &pool, &servers_toml(&[&b1])),
