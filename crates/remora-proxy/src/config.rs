@@ -18,6 +18,7 @@ pub use parse::ConfigError;
 #[derive(Debug, Clone, Serialize)]
 pub struct Config {
     /// The file this configuration was read from.
+    #[serde(skip)]
     pub path: PathBuf,
     /// The admin listener, if any.
     pub admin: Option<AdminConfig>,
@@ -26,8 +27,10 @@ pub struct Config {
     /// Where the sealing keyring comes from; `None`: generated at start.
     pub keys: Option<KeysConfig>,
     /// Listeners, in file order.
+    #[serde(rename = "listener")]
     pub listeners: Vec<ListenerConfig>,
     /// Pools, in file order.
+    #[serde(rename = "pool")]
     pub pools: Vec<PoolConfig>,
 }
 
@@ -131,6 +134,7 @@ pub struct ListenerConfig {
     /// Accept PROXY protocol v1/v2 headers.
     pub proxy_protocol: bool,
     /// Routes, first match wins.
+    #[serde(rename = "route")]
     pub routes: Vec<RouteConfig>,
     /// Effective limits (global merged with this listener's overrides).
     pub limits: Limits,
@@ -168,8 +172,7 @@ pub enum Algorithm {
 }
 
 /// What the `hash` algorithm hashes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HashKey {
     /// The client address.
     SourceIp,
@@ -179,6 +182,31 @@ pub enum HashKey {
     Cookie(String),
     /// The request path and query.
     Uri,
+}
+
+impl std::fmt::Display for HashKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HashKey::SourceIp => f.write_str("source-ip"),
+            HashKey::Uri => f.write_str("uri"),
+            HashKey::Header(h) => write!(f, "header:{h}"),
+            HashKey::Cookie(c) => write!(f, "cookie:{c}"),
+        }
+    }
+}
+
+impl Serialize for HashKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+fn status_range_ser<S: serde::Serializer>(r: &(u16, u16), s: S) -> Result<S::Ok, S::Error> {
+    if r.0 == r.1 {
+        s.collect_str(&r.0)
+    } else {
+        s.collect_str(&format_args!("{}-{}", r.0, r.1))
+    }
 }
 
 /// Affinity mode of a pool.
@@ -248,6 +276,7 @@ pub struct HealthConfig {
     /// HTTP path to GET; `None`: TCP connect check.
     pub path: Option<String>,
     /// Accepted status range, inclusive.
+    #[serde(serialize_with = "status_range_ser")]
     pub expect_status: (u16, u16),
     /// Time between checks.
     #[serde(with = "humantime_ser")]
@@ -342,6 +371,7 @@ pub struct PoolConfig {
     /// Health checks.
     pub health: HealthConfig,
     /// Servers.
+    #[serde(rename = "server")]
     pub servers: Vec<ServerConfig>,
 }
 
