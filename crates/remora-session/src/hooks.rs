@@ -40,6 +40,21 @@ pub trait ReplicaHooks: Send + Sync + 'static {
         id: &'a str,
     ) -> BoxFuture<'a, UnknownIdOutcome>;
 
+    /// Called, and awaited, before the handler when the store knows the
+    /// request's session, with the stored record. Return `Respond` to answer
+    /// instead of the handler (e.g. `409` when the client holds a newer
+    /// replica than this copy), or `Restore` with a record whose
+    /// `replica_seq` is higher than the stored one to replace it. Default:
+    /// `None` (use the stored copy).
+    fn on_known_id<'a>(
+        &'a self,
+        parts: &'a Parts,
+        stored: &'a Record,
+    ) -> BoxFuture<'a, Option<UnknownIdOutcome>> {
+        let _ = (parts, stored);
+        Box::pin(async { None })
+    }
+
     /// Called after a save that changed data, with the record as saved and
     /// the response headers (e.g. to add `Session-Replica`). Not called
     /// after a touch, an invalidation or a failed save.

@@ -62,12 +62,22 @@ impl Ctx {
     /// Saves a record rebuilt from a replica (if the store holds no live
     /// session under its ID) and returns what the store now holds. Counted
     /// as `restored` when it was written.
-    pub async fn restore_record(&self, mut rec: Record) -> Result<Record, StoreError> {
+    pub async fn restore_record(&self, rec: Record) -> Result<Record, StoreError> {
+        self.restore_over(rec, 0).await
+    }
+
+    /// [`Ctx::restore_record`] over a stored copy of version `stored`
+    /// (0: none), which a newer replica replaces (compare-and-set).
+    pub async fn restore_over(&self, mut rec: Record, stored: u64) -> Result<Record, StoreError> {
         let now = now_ms();
         rec.purge_expired_attributes(now);
         rec.slide(now, ms(self.cfg.idle_timeout));
-        rec.version = rec.version.max(1);
-        match self.call("save", self.store.save(&rec, 0)).await? {
+        rec.version = if stored == 0 {
+            rec.version.max(1)
+        } else {
+            rec.version.max(stored) + 1
+        };
+        match self.call("save", self.store.save(&rec, stored)).await? {
             crate::store::SaveOutcome::Saved { .. } => {
                 self.metrics.restored.inc();
                 Ok(rec)
@@ -252,6 +262,23 @@ impl Shared {
             Ok(Some(mut rec)) => {
                 rec.purge_expired_attributes(now_ms());
                 ctx.metrics.loaded.inc();
+                if let Some((h, parts)) = hook {
+                    match h.on_known_id(parts, &rec).await {
+                        Some(UnknownIdOutcome::Respond(r)) => return Ok(Some(r)),
+                        Some(UnknownIdOutcome::Restore(newer))
+                            if newer.id == id
+                                && newer.replica_seq > rec.replica_seq
+                                && !newer.is_expired(now_ms()) =>
+                        {
+                            tracing::info!(
+                                "a newer replica replaces this server's older copy of the session"
+                            );
+                            self.restore_as(local, newer, rec.version).await?;
+                            return Ok(None);
+                        }
+                        _ => {}
+                    }
+                }
                 let mut st = self.state.lock();
                 st.stored_version = rec.version;
                 st.record = rec;
@@ -297,7 +324,17 @@ impl Shared {
 
     /// Writes a restored record to the store and adopts it.
     async fn restore(&self, local: &Mutex<Local>, rec: Record) -> Result<(), SessionError> {
-        let adopted = match self.ctx.restore_record(rec).await {
+        self.restore_as(local, rec, 0).await
+    }
+
+    /// Writes a restored record over stored version `stored` (0: none) and adopts it.
+    async fn restore_as(
+        &self,
+        local: &Mutex<Local>,
+        rec: Record,
+        stored: u64,
+    ) -> Result<(), SessionError> {
+        let adopted = match self.ctx.restore_over(rec, stored).await {
             Ok(r) => r,
             Err(e) => {
                 local.lock().store_error = true;

@@ -473,3 +473,83 @@ async fn issued_replicas_reach_listeners() {
     assert_eq!(got.len(), 2);
     assert_eq!(got[1], (id, true, seq));
 }
+
+#[tokio::test]
+async fn a_newer_replica_replaces_an_older_stored_copy() {
+    // A server whose store kept an old copy (a persistent store after the
+    // client moved away and back) must not serve it over the client's newer replica.
+    let keys = Keyring::generate();
+    let (a, b) = (server(&keys, |r| r), server(&keys, |r| r));
+    let (r1, _) = send(
+        &a.app,
+        Request::post("/add").body(Body::from("tea")).unwrap(),
+    )
+    .await;
+    let cookie = session_cookie(&r1);
+    let (old, _) = replica(&r1);
+    // B learns the old state...
+    let (_, body) = send(
+        &b.app,
+        Request::get("/list")
+            .header(header::COOKIE, &cookie)
+            .header("session-replica", &old)
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(body, "tea|restored=true");
+    // ...the client moves on with A...
+    let (r2, _) = send(
+        &a.app,
+        Request::post("/add")
+            .header(header::COOKIE, &cookie)
+            .body(Body::from("milk"))
+            .unwrap(),
+    )
+    .await;
+    let (new, seq) = replica(&r2);
+    // ...and comes back to B: B asks, because the client's replica is newer.
+    let (resp, _) = send(
+        &b.app,
+        Request::get("/list")
+            .header(header::COOKIE, &cookie)
+            .header("session-replica-capable", seq.to_string())
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::CONFLICT);
+    let (resp, body) = send(
+        &b.app,
+        Request::get("/list")
+            .header(header::COOKIE, &cookie)
+            .header("session-replica", &new)
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(body.starts_with("tea,milk|"), "{body}");
+    // An older replica never replaces a newer stored copy.
+    let (_, body) = send(
+        &b.app,
+        Request::get("/list")
+            .header(header::COOKIE, &cookie)
+            .header("session-replica", &old)
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert!(body.starts_with("tea,milk|"), "{body}");
+    // And the client's current seq asks nothing.
+    let (resp, _) = send(
+        &b.app,
+        Request::get("/list")
+            .header(header::COOKIE, &cookie)
+            .header("session-replica-capable", seq.to_string())
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+}

@@ -387,6 +387,38 @@ impl ReplicaHooks for Replicas {
         })
     }
 
+    fn on_known_id<'a>(
+        &'a self,
+        parts: &'a Parts,
+        stored: &'a Record,
+    ) -> BoxFuture<'a, Option<UnknownIdOutcome>> {
+        Box::pin(async move {
+            let headers = &parts.headers;
+            // The client presents a replica: it replaces this copy only if newer.
+            if let Some(text) = carriage::header_replica(headers) {
+                if let Ok(rec) = self.codec.open(text, &stored.id, now_ms())
+                    && rec.replica_seq > stored.replica_seq
+                    && self.check_ledger(rec.clone()).await.is_ok()
+                {
+                    self.metrics.restored(Via::Header);
+                    return Some(UnknownIdOutcome::Restore(rec));
+                }
+                return None;
+            }
+            // The client holds a newer replica than this copy (this server's
+            // store kept an old one while the client lived elsewhere): ask.
+            let held = headers
+                .get(CAPABLE_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            if held.is_some_and(|seq| seq > stored.replica_seq) {
+                self.metrics.asked.inc();
+                return Some(UnknownIdOutcome::Respond(Self::wanted()));
+            }
+            None
+        })
+    }
+
     fn on_saved(&self, record: &Record, headers: &mut HeaderMap) {
         let text = match self.codec.seal(record) {
             Ok(t) => t,

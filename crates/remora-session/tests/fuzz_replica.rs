@@ -1,0 +1,304 @@
+//! Stable fuzz harness for the replica opener ([`ReplicaCodec::open`]), run
+//! by `cargo test`. The `cargo fuzz` target `replica_open` (see
+//! `docs/fuzzing.md`) explores the same function without a case limit.
+//!
+//! Two kinds of cases, from a fixed seed so every run is the same:
+//! - mutated replica text (base64url), which must never open unless it
+//!   decodes to the very blob that was sealed;
+//! - mutated *plaintext* (flag byte + JSON or LZ4), sealed with the codec's
+//!   own key so it passes authentication and reaches the format, LZ4,
+//!   record and deadline checks. Whatever opens must satisfy the codec's
+//!   promises (right id, nothing once-only or server-only, not expired).
+
+use remora_seal::{Key, Keyring, Purpose, Sealer};
+use remora_session::replica::{DEFAULT_MAX_LEN, Rejection, ReplicaCodec};
+use remora_session::{Attribute, Record};
+use serde_json::json;
+
+const SID: &str = "fuzz-session-id";
+const NOW: u64 = 1_000_000;
+/// Cases per test: each sealed case costs several AEAD operations, which
+/// are slow in a debug build.
+const CASES: usize = 20_000;
+const SEALED_CASES: usize = 8_000;
+/// A smaller limit than the default, so the size checks are reached too.
+const MAX_LEN: usize = 4 * 1024;
+
+/// Deterministic, dependency-free input generator: a SplitMix64 PRNG and
+/// structured mutations of valid seed inputs (bit flips, interesting bytes,
+/// truncations, deletions, duplications, splices, dictionary tokens, random
+/// bytes), so generated cases get past the first checks and reach deep code.
+struct Gen {
+    state: u64,
+}
+
+impl Gen {
+    fn new(seed: u64) -> Self {
+        Gen { state: seed }
+    }
+
+    fn next(&mut self) -> u64 {
+        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..n` (`n > 0`).
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len())]
+    }
+
+    fn bytes(&mut self, max: usize) -> Vec<u8> {
+        let n = self.below(max + 1);
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+
+    /// A mutant of one of `seeds`, using tokens from `dict`.
+    fn mutate(&mut self, seeds: &[Vec<u8>], dict: &[&[u8]]) -> Vec<u8> {
+        const INTERESTING: &[u8] = &[
+            0, 1, 0x7f, 0x80, 0xff, b'"', b'\\', b'{', b'}', b'[', b']', b':', b',', b'\n', b'\r',
+            b' ', b'0', b'9', b'-', b'=',
+        ];
+        let mut out = self.pick(seeds).clone();
+        let ops = 1 + self.below(4);
+        for _ in 0..ops {
+            let len = out.len();
+            match self.below(10) {
+                0 | 1 if len > 0 => {
+                    let i = self.below(len);
+                    out[i] ^= 1 << self.below(8);
+                }
+                2 if len > 0 => {
+                    let i = self.below(len);
+                    out[i] = *self.pick(INTERESTING);
+                }
+                3 => out.truncate(self.below(len + 1)),
+                4 if len > 0 => {
+                    let a = self.below(len);
+                    let b = (a + 1 + self.below(16)).min(len);
+                    out.drain(a..b);
+                }
+                5 if len > 0 => {
+                    let a = self.below(len);
+                    let b = (a + 1 + self.below(32)).min(len);
+                    let chunk = out[a..b].to_vec();
+                    let at = self.below(len + 1);
+                    out.splice(at..at, chunk);
+                }
+                6 => {
+                    let other = self.pick(seeds).clone();
+                    let cut_a = self.below(len + 1);
+                    let cut_b = self.below(other.len() + 1);
+                    out.truncate(cut_a);
+                    out.extend_from_slice(&other[cut_b..]);
+                }
+                7 | 8 if !dict.is_empty() => {
+                    let token = *self.pick(dict);
+                    let at = self.below(len + 1);
+                    if self.below(2) == 0 && at < len {
+                        let end = (at + token.len()).min(len);
+                        out.splice(at..end, token.iter().copied());
+                    } else {
+                        out.splice(at..at, token.iter().copied());
+                    }
+                }
+                _ => {
+                    let junk = self.bytes(16);
+                    let at = self.below(len + 1);
+                    out.splice(at..at, junk);
+                }
+            }
+        }
+        if self.below(50) == 0 {
+            out = self.bytes(64);
+        }
+        out
+    }
+}
+
+fn ring() -> Keyring {
+    Keyring::from_keys(vec![Key::from_bytes([0x5a; 32])]).expect("one key")
+}
+
+fn codec(max_len: usize) -> ReplicaCodec {
+    ReplicaCodec::new(Sealer::new(&ring(), Purpose::Replica), max_len)
+}
+
+fn records() -> Vec<Record> {
+    let mut out = Vec::new();
+    let mut empty = Record::new(SID.into(), NOW - 10, 60_000, 3_600_000);
+    empty.replica_seq = 7;
+    out.push(empty.clone());
+    let mut shop = empty.clone();
+    shop.attributes
+        .insert("cart".into(), Attribute::new(json!(["tea", "cups", 3])));
+    let mut auth = Attribute::new(json!({"user": "ann", "roles": ["admin"]}));
+    auth.expires_at = Some(NOW + 5);
+    shop.attributes.insert("auth".into(), auth);
+    let mut gone = Attribute::new(json!(1.5));
+    gone.expires_at = Some(NOW - 1);
+    shop.attributes.insert("gone".into(), gone);
+    out.push(shop);
+    let mut big = empty.clone();
+    big.attributes
+        .insert("blob".into(), Attribute::new(json!("ab".repeat(900))));
+    out.push(big);
+    let mut nested = empty;
+    nested.attributes.insert(
+        "deep".into(),
+        Attribute::new(json!({"a": [[[{"b": null}]]], "n": -12, "u": "\u{e9}\u{1F600}"})),
+    );
+    out.push(nested);
+    out
+}
+
+/// Plaintexts as the codec builds them: flag 0 + JSON, or flag 1 + LZ4.
+fn plaintexts() -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    for r in records() {
+        let json = r.to_json().expect("json");
+        let mut raw = vec![0u8];
+        raw.extend_from_slice(&json);
+        out.push(raw);
+        let mut lz = vec![1u8];
+        lz.extend_from_slice(&lz4_flex::compress_prepend_size(&json));
+        out.push(lz);
+    }
+    out
+}
+
+const JSON_DICT: &[&[u8]] = &[
+    b"\"once\":true,",
+    b"\"server_only\":true,",
+    b"\"expires_at\":0,",
+    b"\"expires_at\":18446744073709551615,",
+    b"\"id\":\"other\",",
+    b"\"idle_deadline\":0,",
+    b"\"absolute_deadline\":18446744073709551615,",
+    b"\"replica_seq\":-1,",
+    b"\"attributes\":{},",
+    b"{\"value\":null}",
+    b"1e999",
+    b"18446744073709551616",
+    b"\"\\ud800\"",
+    b"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[",
+    b"\xff\xff\xff\x7f",
+    b"\x00\x00\x10\x00",
+];
+
+const TEXT_DICT: &[&[u8]] = &[
+    b"A",
+    b"_",
+    b"-",
+    b"=",
+    b"+",
+    b"/",
+    b"AAAA",
+    b"____",
+    b" ",
+    b"\xc3\xa9",
+];
+
+/// What an accepted replica must look like.
+fn check_opened(r: &Record) {
+    assert_eq!(r.id, SID, "a replica opened for another session id");
+    assert!(!r.is_expired(NOW), "an expired replica opened");
+    assert!(
+        r.attributes.values().all(|a| !a.once && !a.server_only),
+        "a once-only or server-only attribute came in through a replica"
+    );
+    assert!(
+        r.attributes.values().all(|a| !a.is_expired(NOW)),
+        "an expired attribute survived opening"
+    );
+}
+
+#[test]
+fn fuzz_replica_sealed_plaintext() {
+    let codec = codec(MAX_LEN);
+    let sealer = Sealer::new(&ring(), Purpose::Replica);
+    let seeds = plaintexts();
+    let mut g = Gen::new(0x5EED_0001);
+    let (mut opened, mut rejected) = (0usize, 0usize);
+    for case in 0..SEALED_CASES {
+        let plain = g.mutate(&seeds, JSON_DICT);
+        let text = sealer.seal_b64(&plain, SID.as_bytes());
+        match codec.open(&text, SID, NOW) {
+            Ok(r) => {
+                opened += 1;
+                check_opened(&r);
+                // What opened seals again and opens to the same session.
+                if let Ok(again) = codec.seal(&r) {
+                    let r2 = codec.open(&again, SID, NOW).unwrap_or_else(|e| {
+                        panic!("case {case}: resealed replica refused ({e}); plain {plain:?}")
+                    });
+                    assert_eq!(
+                        r2.attributes.keys().collect::<Vec<_>>(),
+                        r.attributes.keys().collect::<Vec<_>>()
+                    );
+                    assert_eq!(r2.replica_seq, r.replica_seq);
+                }
+                // Bound to the session id even when the payload is valid.
+                if case % 16 == 0 {
+                    assert_eq!(
+                        codec.open(&text, "another-id", NOW).err(),
+                        Some(Rejection::Tampered)
+                    );
+                }
+            }
+            Err(e) => {
+                rejected += 1;
+                assert!(
+                    !matches!(
+                        e,
+                        Rejection::Tampered | Rejection::WrongKey | Rejection::Stale
+                    ),
+                    "case {case}: authentic replica refused as {e:?}"
+                );
+            }
+        }
+    }
+    // Mutations must exercise both outcomes, or the harness is not reaching deep code.
+    assert!(opened > SEALED_CASES / 50, "only {opened} of {SEALED_CASES} cases opened");
+    assert!(
+        rejected > SEALED_CASES / 50,
+        "only {rejected} of {SEALED_CASES} cases were refused"
+    );
+}
+
+#[test]
+fn fuzz_replica_text() {
+    let codec = codec(MAX_LEN);
+    let default_codec = codec_default();
+    let originals: Vec<String> = records()
+        .iter()
+        .map(|r| codec.seal(r).expect("seeds fit"))
+        .collect();
+    let seeds: Vec<Vec<u8>> = originals.iter().map(|t| t.clone().into_bytes()).collect();
+    let mut g = Gen::new(0x5EED_0002);
+    for case in 0..CASES {
+        let bytes = g.mutate(&seeds, TEXT_DICT);
+        let text = String::from_utf8_lossy(&bytes);
+        for c in [&codec, &default_codec] {
+            if let Ok(r) = c.open(&text, SID, NOW) {
+                check_opened(&r);
+                assert!(
+                    originals.iter().any(|o| o.as_str() == text),
+                    "case {case}: changed replica text opened: {text:?}"
+                );
+            }
+        }
+        // Any session id, any time: no panic.
+        let _ = codec.open(&text, text.get(..8).unwrap_or(""), g.next());
+    }
+}
+
+fn codec_default() -> ReplicaCodec {
+    codec(DEFAULT_MAX_LEN)
+}
