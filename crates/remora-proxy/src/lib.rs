@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod affinity;
 pub mod config;
+pub mod conn;
 pub mod forward;
 pub mod health;
 pub mod listener;

@@ -1,23 +1,17 @@
-//! Accepting client connections: connection cap, PROXY protocol, TLS,
-//! HTTP/1.1 and HTTP/2 (hyper-util auto), header-read and idle timeouts.
+//! Accepting client connections: connection cap, worker threads, PROXY
+//! protocol, TLS; then [`crate::conn`] serves HTTP.
 
-use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
+use crate::conn::{self, Io};
 use crate::forward::ClientInfo;
-use crate::proxy::{self, ConnCtx};
+use crate::proxy::ConnCtx;
 use crate::proxy_protocol::{self, ProxiedAddr};
 use crate::serve::Shared;
 
@@ -152,9 +146,6 @@ impl Workers {
     }
 }
 
-trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
-
 async fn serve_connection(
     shared: &Arc<Shared>,
     mut stream: TcpStream,
@@ -185,11 +176,14 @@ async fn serve_connection(
             }
         }
     }
-    let io: Box<dyn Io> = match &lst.tls {
-        None => Box::new(stream),
+    let (io, alpn_h2): (Box<dyn Io>, Option<bool>) = match &lst.tls {
+        None => (Box::new(stream), None),
         Some(acceptor) => {
             match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(s)) => Box::new(s),
+                Ok(Ok(s)) => {
+                    let h2 = s.get_ref().1.alpn_protocol() == Some(&b"h2"[..]);
+                    (Box::new(s), Some(h2))
+                }
                 Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "TLS handshake failed");
                     return;
@@ -198,11 +192,6 @@ async fn serve_connection(
             }
         }
     };
-    let activity = Arc::new(Activity::new());
-    let io = ActivityIo {
-        inner: io,
-        activity: activity.clone(),
-    };
     let ctx = Arc::new(ConnCtx {
         listen: addr,
         client: ClientInfo {
@@ -210,134 +199,7 @@ async fn serve_connection(
             tls: lst.tls.is_some(),
         },
         inflight: Arc::new(AtomicUsize::new(0)),
+        upgrade: parking_lot::Mutex::new(None),
     });
-
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes.max(8192))
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(256);
-    let svc_shared = shared.clone();
-    let svc_ctx = ctx.clone();
-    let svc = service_fn(move |req| proxy::handle(svc_shared.clone(), svc_ctx.clone(), req));
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
-    tokio::pin!(conn);
-
-    let mut shutdown = shared.shutdown_signal();
-    let idle = limits.idle_timeout;
-    let mut tick =
-        tokio::time::interval((idle / 4).clamp(Duration::from_millis(25), Duration::from_secs(5)));
-    let mut closing = false;
-    loop {
-        tokio::select! {
-            r = conn.as_mut() => {
-                if let Err(e) = r {
-                    tracing::debug!(%peer, error = %e, "connection ended with error");
-                }
-                break;
-            }
-            _ = shutdown.changed(), if !closing => {
-                conn.as_mut().graceful_shutdown();
-                closing = true;
-            }
-            _ = tick.tick(), if !closing => {
-                if ctx.inflight.load(Ordering::Relaxed) == 0 && activity.idle_for() >= idle {
-                    tracing::debug!(%peer, "idle timeout");
-                    conn.as_mut().graceful_shutdown();
-                    closing = true;
-                }
-            }
-        }
-    }
-}
-
-/// Last time bytes moved on a connection.
-struct Activity {
-    epoch: Instant,
-    last_ms: AtomicU64,
-}
-
-impl Activity {
-    fn new() -> Self {
-        Activity {
-            epoch: Instant::now(),
-            last_ms: AtomicU64::new(0),
-        }
-    }
-
-    fn touch(&self) {
-        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_ms.store(ms, Ordering::Relaxed);
-    }
-
-    fn idle_for(&self) -> Duration {
-        let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
-        Duration::from_millis(now.saturating_sub(self.last_ms.load(Ordering::Relaxed)))
-    }
-}
-
-/// Wraps a connection's I/O to record activity.
-struct ActivityIo {
-    inner: Box<dyn Io>,
-    activity: Arc<Activity>,
-}
-
-impl AsyncRead for ActivityIo {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.activity.touch();
-        }
-        r
-    }
-}
-
-impl AsyncWrite for ActivityIo {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
-        r
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
-        r
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
+    conn::serve(shared, ctx, io, alpn_h2, &limits).await;
 }

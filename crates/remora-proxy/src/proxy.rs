@@ -15,6 +15,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use crate::affinity::{Decision, Outcome};
+use crate::conn::ClientIo;
 use crate::forward::{
     self, BoxError, ClientInfo, ForwardError, LimitedBody, ProxyBody, add_forwarding, append_list,
     header_bytes, idempotent, local, request_host, strip_hop_by_hop, upstream_uri,
@@ -34,6 +35,9 @@ pub struct ConnCtx {
     pub client: ClientInfo,
     /// Requests in flight on this connection (idle timeout waits for 0).
     pub inflight: Arc<AtomicUsize>,
+    /// Set by the WebSocket handler with its `101`: receives the client
+    /// stream once hyper has finished with it.
+    pub upgrade: parking_lot::Mutex<Option<tokio::sync::oneshot::Sender<ClientIo>>>,
 }
 
 struct InflightGuard(Arc<AtomicUsize>);

@@ -34,12 +34,11 @@ pub async fn proxy(
     ctx: &ConnCtx,
     pool: &Arc<Pool>,
     mut decision: Decision,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
     host: Option<String>,
     info: &mut RequestInfo,
     limits: &Limits,
 ) -> Response<ProxyBody> {
-    let client_upgrade = hyper::upgrade::on(&mut req);
     let (mut parts, _) = req.into_parts();
     let upgrade = parts.headers.get(header::UPGRADE).cloned();
     strip_hop_by_hop(&mut parts.headers);
@@ -138,14 +137,17 @@ pub async fn proxy(
         return Response::from_parts(rp, body.map_err(|e| Box::new(e) as BoxError).boxed());
     }
     let server_upgrade = hyper::upgrade::on(&mut resp);
+    // The client stream comes back from the connection loop once hyper has
+    // written the 101 (see `conn`).
+    let (tx, client_stream) = tokio::sync::oneshot::channel();
+    *ctx.upgrade.lock() = Some(tx);
     let tunnel_guard = server.live.stats.open_connection();
     tokio::spawn(async move {
         let _guard = tunnel_guard;
-        let (c, s) = match tokio::join!(client_upgrade, server_upgrade) {
+        let (mut c, s) = match tokio::join!(client_stream, server_upgrade) {
             (Ok(c), Ok(s)) => (c, s),
             _ => return,
         };
-        let mut c = TokioIo::new(c);
         let mut s = TokioIo::new(s);
         let _ = tokio::io::copy_bidirectional(&mut c, &mut s).await;
     });

@@ -346,3 +346,58 @@ async fn idle_keep_alive_connection_is_closed() {
     );
     drop(r);
 }
+
+/// Reads one HTTP/1.1 response with a Content-Length body.
+fn read_response(s: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 1];
+    while !out.ends_with(b"\r\n\r\n") {
+        match s.read(&mut buf) {
+            Ok(1) => out.push(buf[0]),
+            _ => return String::from_utf8_lossy(&out).into_owned(),
+        }
+    }
+    let head = String::from_utf8_lossy(&out).into_owned();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse().unwrap_or(0))
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).expect("body");
+    head + &String::from_utf8_lossy(&body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parked_keep_alive_connection_serves_the_next_request() {
+    let b1 = backend("b1");
+    let (addr, adm) = (free_addr(), free_addr());
+    let r = start(
+        &config(addr, adm, "", COOKIE_POOL, &servers_toml(&[&b1])),
+        addr,
+        adm,
+    );
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let req = b"GET /whoami HTTP/1.1\r\nHost: x\r\n\r\n";
+    for pause in [0, 700, 100, 900] {
+        std::thread::sleep(Duration::from_millis(pause));
+        s.write_all(req).expect("write");
+        let resp = read_response(&mut s);
+        assert!(
+            resp.starts_with("HTTP/1.1 200") && resp.ends_with("b1"),
+            "after {pause}ms: {resp}"
+        );
+    }
+    // Pipelined requests after a park: both answered, in order.
+    std::thread::sleep(Duration::from_millis(700));
+    s.write_all(b"GET /whoami HTTP/1.1\r\nHost: x\r\n\r\nGET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("write");
+    assert!(read_response(&mut s).ends_with("b1"));
+    assert!(read_response(&mut s).contains("\"uri\":\"/echo\""));
+    drop(r);
+}
