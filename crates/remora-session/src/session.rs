@@ -546,6 +546,22 @@ impl Session {
         Ok(())
     }
 
+    /// Slides the idle deadline now, whatever the save period (which
+    /// otherwise throttles idle refreshes): for a "stay signed in" button.
+    /// Saves the session at the end of the request; does nothing for a
+    /// session that is not stored.
+    pub async fn keep_alive(&self) -> Result<(), SessionError> {
+        self.loaded().await?;
+        let mut st = self.shared.state.lock();
+        if st.stored_version == 0 {
+            return Ok(());
+        }
+        st.force_save = true;
+        drop(st);
+        self.local.lock().modified = true;
+        Ok(())
+    }
+
     /// Ends the session: deletes it from the store and expires the cookie.
     /// Data inserted afterwards in the same request goes into a new session
     /// with a new ID.

@@ -534,3 +534,79 @@ async fn sweeper_removes_expired_sessions() {
     }
     task.abort();
 }
+
+#[tokio::test]
+async fn keep_alive_slides_the_idle_deadline_despite_the_save_period() {
+    use axum::routing::{get, post};
+    let layer = remora_session::SessionLayer::new(remora_session::MemoryStore::new())
+        .with_secure(false)
+        .with_idle_timeout(std::time::Duration::from_secs(100))
+        .with_save_period(std::time::Duration::from_secs(3600))
+        .with_expires_header(true);
+    let app = axum::Router::new()
+        .route(
+            "/set",
+            post(|s: remora_session::Session| async move { s.insert("k", 1).await.map(|_| "ok") }),
+        )
+        .route(
+            "/peek",
+            get(|s: remora_session::Session| async move {
+                s.get::<u32>("k").await.map(|v| format!("{v:?}"))
+            }),
+        )
+        .route(
+            "/stay",
+            post(|s: remora_session::Session| async move { s.keep_alive().await.map(|_| "ok") }),
+        )
+        .layer(layer);
+    use tower::ServiceExt;
+    let call = |req: http::Request<axum::body::Body>| app.clone().oneshot(req);
+    let r = call(
+        http::Request::post("/set")
+            .body(axum::body::Body::empty())
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    let cookie = r.headers()[http::header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let expires = |r: &http::Response<axum::body::Body>| {
+        r.headers()["session-expires"]
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+    };
+    let first = expires(&r);
+    assert!((99..=100).contains(&first), "{first}");
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    // A plain read within the save period does not slide the deadline...
+    let r = call(
+        http::Request::get("/peek")
+            .header("cookie", &cookie)
+            .body(axum::body::Body::empty())
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    assert!(expires(&r) < first, "no refresh within the save period");
+    // ...keep_alive does.
+    let r = call(
+        http::Request::post("/stay")
+            .header("cookie", &cookie)
+            .body(axum::body::Body::empty())
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    assert!(
+        expires(&r) >= 99,
+        "keep_alive slid the idle deadline: {}",
+        expires(&r)
+    );
+}

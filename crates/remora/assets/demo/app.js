@@ -109,6 +109,10 @@ function scheduleIdleWarning(header) {
 
 function renderCluster(cluster) {
   if (!cluster || !Array.isArray(cluster.servers)) return;
+  const mine = cluster.servers.find((s) => s.name === lastServer);
+  const draining = mine?.state === 'drain';
+  $('drain').dataset.mode = draining ? 'resume' : 'drain';
+  $('drain').textContent = draining ? 'Resume this server' : 'Drain this server';
   const max = Math.max(1, ...cluster.servers.map((s) => s.pinned ?? 0));
   $('chart').replaceChildren(...cluster.servers.map((s) => {
     const row = document.createElement('div');
@@ -163,7 +167,7 @@ $('login').addEventListener('submit', (e) => {
   act(() => api('/api/login', { method: 'POST', body: { user: $('user').value } }));
 });
 $('logout').addEventListener('click', () => act(() => api('/api/logout', { method: 'POST' })));
-$('stay').addEventListener('click', () => { $('idle-warning').hidden = true; act(() => api('/api/cart')); });
+$('stay').addEventListener('click', () => { $('idle-warning').hidden = true; act(() => api('/api/keepalive', { method: 'POST' })); });
 $('checkout').addEventListener('click', () => act(async () => {
   if (!csrfToken) csrfToken = (await api('/api/csrf')).token;
   const done = await api('/api/checkout', { method: 'POST', body: { order_token: orderToken }, headers: { 'X-CSRF-Token': csrfToken } });
@@ -176,8 +180,8 @@ $('crash').addEventListener('click', async () => {
   pollCluster();
 });
 $('drain').addEventListener('click', () => act(async () => {
-  await api('/api/drain', { method: 'POST' });
-  pollCluster();
+  const resume = $('drain').dataset.mode === 'resume';
+  await api(resume ? '/api/resume' : '/api/drain', { method: 'POST' });
   return null;
 }));
 

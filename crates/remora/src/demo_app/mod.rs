@@ -14,9 +14,11 @@
 //! | `POST /api/login` `{"user"}` | cycles the session id; the user expires after 15 minutes |
 //! | `POST /api/logout` | ends the session |
 //! | `GET /api/csrf` | `{"token"}` |
+//! | `POST /api/keepalive` | slides the idle deadline ("stay signed in"); the cart |
 //! | `POST /api/checkout` `{"order_token"}` | needs `X-CSRF-Token`; the order token is once-only |
 //! | `POST /api/crash` | the process exits at once (code 137), as a crash would |
-//! | `POST /api/drain` | asks the balancer to drain this server |
+//! | `POST /api/drain` | asks the balancer to drain this server (pinned clients stay, new ones go elsewhere) |
+//! | `POST /api/resume` | puts this server back to `ready` |
 //! | `GET /api/cluster` | servers with state, health and pinned clients |
 
 mod admin;

@@ -194,6 +194,14 @@ async fn logout(State(shop): State<Shop>, session: Session) -> Result<impl IntoR
     ))
 }
 
+async fn keep_alive(
+    State(shop): State<Shop>,
+    session: Session,
+) -> Result<impl IntoResponse, ApiError> {
+    session.keep_alive().await?;
+    cart_json(&shop, &session).await
+}
+
 async fn csrf(session: Session) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(
         serde_json::json!({ "token": session.csrf_token().await? }),
@@ -241,7 +249,10 @@ async fn crash(State(shop): State<Shop>) -> StatusCode {
     std::process::exit(137)
 }
 
-async fn drain(State(shop): State<Shop>) -> Result<impl IntoResponse, ApiError> {
+async fn set_state(
+    shop: &Shop,
+    state: &'static str,
+) -> Result<impl IntoResponse + use<>, ApiError> {
     let admin = shop.admin.as_ref().ok_or_else(|| {
         ApiError(
             StatusCode::NOT_IMPLEMENTED,
@@ -249,12 +260,20 @@ async fn drain(State(shop): State<Shop>) -> Result<impl IntoResponse, ApiError> 
         )
     })?;
     admin
-        .set_state(&shop.name, "drain")
+        .set_state(&shop.name, state)
         .await
         .map_err(|e| ApiError(StatusCode::BAD_GATEWAY, e.to_string()))?;
     Ok(Json(
-        serde_json::json!({ "server": &*shop.name, "state": "drain" }),
+        serde_json::json!({ "server": &*shop.name, "state": state }),
     ))
+}
+
+async fn drain(State(shop): State<Shop>) -> Result<impl IntoResponse, ApiError> {
+    set_state(&shop, "drain").await
+}
+
+async fn resume(State(shop): State<Shop>) -> Result<impl IntoResponse, ApiError> {
+    set_state(&shop, "ready").await
 }
 
 async fn cluster(State(shop): State<Shop>) -> Result<impl IntoResponse, ApiError> {
@@ -286,6 +305,7 @@ pub fn router(shop: Shop, layer: SessionLayer) -> Router {
             .route("/api/login", post(login))
             .route("/api/logout", post(logout))
             .route("/api/csrf", get(csrf))
+            .route("/api/keepalive", post(keep_alive))
             .route("/api/checkout", checkout_route)
             .layer(layer);
     Router::new()
@@ -293,6 +313,7 @@ pub fn router(shop: Shop, layer: SessionLayer) -> Router {
         .route("/health", get(|| async { "ok\n" }))
         .route("/api/crash", post(crash))
         .route("/api/drain", post(drain))
+        .route("/api/resume", post(resume))
         .route("/api/cluster", get(cluster))
         .merge(assets::router())
         .with_state(shop)

@@ -84,3 +84,11 @@ export function serverDown(url, name) {
     return c.servers.some((s) => s.name === name && !s.healthy);
   }, 10000, `${name} to be reported down`);
 }
+
+/** Resolves when every server of the demo is healthy and ready. */
+export function allReady(url) {
+  return until(async () => {
+    const c = await (await fetch(`${url}/api/cluster`)).json();
+    return c.servers.length > 0 && c.servers.every((s) => s.healthy && s.state === 'ready');
+  }, 15000, 'every server healthy and ready');
+}
