@@ -30,11 +30,25 @@ const MAX_LEN: usize = 4 * 1024;
 /// bytes), so generated cases get past the first checks and reach deep code.
 struct Gen {
     state: u64,
+    /// Most mutation operations applied to one seed.
+    max_ops: usize,
 }
 
 impl Gen {
     fn new(seed: u64) -> Self {
-        Gen { state: seed }
+        Gen {
+            state: seed,
+            max_ops: 4,
+        }
+    }
+
+    /// The same generator applying at most `max_ops` operations per input.
+    #[allow(dead_code)]
+    fn with_max_ops(self, max_ops: usize) -> Self {
+        Gen {
+            max_ops: max_ops.max(1),
+            ..self
+        }
     }
 
     fn next(&mut self) -> u64 {
@@ -66,7 +80,7 @@ impl Gen {
             b' ', b'0', b'9', b'-', b'=',
         ];
         let mut out = self.pick(seeds).clone();
-        let ops = 1 + self.below(4);
+        let ops = 1 + self.below(self.max_ops);
         for _ in 0..ops {
             let len = out.len();
             match self.below(10) {
@@ -265,7 +279,10 @@ fn fuzz_replica_sealed_plaintext() {
         }
     }
     // Mutations must exercise both outcomes, or the harness is not reaching deep code.
-    assert!(opened > SEALED_CASES / 50, "only {opened} of {SEALED_CASES} cases opened");
+    assert!(
+        opened > SEALED_CASES / 50,
+        "only {opened} of {SEALED_CASES} cases opened"
+    );
     assert!(
         rejected > SEALED_CASES / 50,
         "only {rejected} of {SEALED_CASES} cases were refused"

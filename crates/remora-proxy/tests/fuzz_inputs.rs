@@ -1,0 +1,507 @@
+//! Stable fuzz harness for the proxy's untrusted-input parsers, run by
+//! `cargo test`: the configuration parser ([`Config::parse`]), the sealed
+//! affinity cookie opener ([`CookieRecord::open`]) and the PROXY protocol
+//! v1/v2 parsers. The `cargo fuzz` targets `config_parse`, `affinity_cookie`
+//! and `proxy_protocol` (see `docs/fuzzing.md`) explore the same functions
+//! without a case limit.
+//!
+//! Inputs are structured mutations of valid inputs from a fixed seed, so
+//! every run is the same and a failure names its case number.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt;
+use remora_proxy::affinity::cookie::{self, CookieRecord, MAX_SERVER_NAME};
+use remora_proxy::config::{Config, ConfigError};
+use remora_proxy::proxy_protocol::{
+    MAX_V1_LEN, MAX_V2_PAYLOAD, ProxiedAddr, V2_SIGNATURE, parse_v1, parse_v2, read_header,
+};
+use remora_seal::{Key, Keyring, Purpose, Sealer};
+
+/// No single input may take this long (a hang or blow-up).
+const SLOW: Duration = Duration::from_secs(2);
+
+/// Deterministic, dependency-free input generator: a SplitMix64 PRNG and
+/// structured mutations of valid seed inputs (bit flips, interesting bytes,
+/// truncations, deletions, duplications, splices, dictionary tokens, random
+/// bytes), so generated cases get past the first checks and reach deep code.
+struct Gen {
+    state: u64,
+    /// Most mutation operations applied to one seed.
+    max_ops: usize,
+}
+
+impl Gen {
+    fn new(seed: u64) -> Self {
+        Gen {
+            state: seed,
+            max_ops: 4,
+        }
+    }
+
+    /// The same generator applying at most `max_ops` operations per input.
+    #[allow(dead_code)]
+    fn with_max_ops(self, max_ops: usize) -> Self {
+        Gen {
+            max_ops: max_ops.max(1),
+            ..self
+        }
+    }
+
+    fn next(&mut self) -> u64 {
+        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..n` (`n > 0`).
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len())]
+    }
+
+    fn bytes(&mut self, max: usize) -> Vec<u8> {
+        let n = self.below(max + 1);
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+
+    /// A mutant of one of `seeds`, using tokens from `dict`.
+    fn mutate(&mut self, seeds: &[Vec<u8>], dict: &[&[u8]]) -> Vec<u8> {
+        const INTERESTING: &[u8] = &[
+            0, 1, 0x7f, 0x80, 0xff, b'"', b'\\', b'{', b'}', b'[', b']', b':', b',', b'\n', b'\r',
+            b' ', b'0', b'9', b'-', b'=',
+        ];
+        let mut out = self.pick(seeds).clone();
+        let ops = 1 + self.below(self.max_ops);
+        for _ in 0..ops {
+            let len = out.len();
+            match self.below(10) {
+                0 | 1 if len > 0 => {
+                    let i = self.below(len);
+                    out[i] ^= 1 << self.below(8);
+                }
+                2 if len > 0 => {
+                    let i = self.below(len);
+                    out[i] = *self.pick(INTERESTING);
+                }
+                3 => out.truncate(self.below(len + 1)),
+                4 if len > 0 => {
+                    let a = self.below(len);
+                    let b = (a + 1 + self.below(16)).min(len);
+                    out.drain(a..b);
+                }
+                5 if len > 0 => {
+                    let a = self.below(len);
+                    let b = (a + 1 + self.below(32)).min(len);
+                    let chunk = out[a..b].to_vec();
+                    let at = self.below(len + 1);
+                    out.splice(at..at, chunk);
+                }
+                6 => {
+                    let other = self.pick(seeds).clone();
+                    let cut_a = self.below(len + 1);
+                    let cut_b = self.below(other.len() + 1);
+                    out.truncate(cut_a);
+                    out.extend_from_slice(&other[cut_b..]);
+                }
+                7 | 8 if !dict.is_empty() => {
+                    let token = *self.pick(dict);
+                    let at = self.below(len + 1);
+                    if self.below(2) == 0 && at < len {
+                        let end = (at + token.len()).min(len);
+                        out.splice(at..end, token.iter().copied());
+                    } else {
+                        out.splice(at..at, token.iter().copied());
+                    }
+                }
+                _ => {
+                    let junk = self.bytes(16);
+                    let at = self.below(len + 1);
+                    out.splice(at..at, junk);
+                }
+            }
+        }
+        if self.below(50) == 0 {
+            out = self.bytes(64);
+        }
+        out
+    }
+}
+
+// ---------------------------------------------------------------- config
+
+const CONFIG_SEEDS: &[&str] = &[
+    include_str!("../../../examples/remora.toml"),
+    r#"
+[keys]
+file = "keys.txt"
+
+[limits]
+max_header_bytes = 8192
+max_body_bytes = 1048576
+server_timeout = "60s"
+
+[[listener]]
+name = "web"
+listen = "0.0.0.0:8080"
+pool = "app"
+proxy_protocol = true
+
+[listener.limits]
+max_body_bytes = 1073741824
+
+[[listener.route]]
+path_prefix = "/api/"
+host = "api.example.com"
+pool = "api"
+
+[[pool]]
+name = "app"
+algorithm = "hash"
+hash_key = "header:X-User"
+
+[pool.affinity]
+mode = "app-cookie"
+app_cookie = "JSESSIONID"
+ttl = "10m"
+table_size = 1000
+
+[[pool.server]]
+name = "a1"
+address = "10.0.0.1:80"
+weight = 3
+slow_start = "30s"
+max_connections = 100
+
+[[pool.server]]
+name = "a2"
+address = "backend.internal:80"
+backup = true
+state = "drain"
+
+[[pool]]
+name = "api"
+algorithm = "least-response-time"
+
+[pool.affinity]
+mode = "header"
+header = "X-Tenant"
+stateless = true
+
+[pool.health]
+expect_status = "200"
+passive_fall = 0
+
+[[pool.server]]
+name = "api1"
+address = "[::1]:9000"
+"#,
+    r#"
+[admin]
+listen = "127.0.0.1:9090"
+token_file = "does-not-exist"
+
+[[listener]]
+name = "tls"
+listen = "[::]:8443"
+pool = "p"
+tls = { cert = "cert.pem", key = "key.pem" }
+
+[[pool]]
+name = "p"
+algorithm = "weighted-round-robin"
+[pool.affinity]
+mode = "source-ip"
+strict = true
+[[pool.server]]
+name = "s"
+address = "127.0.0.1:1"
+"#,
+];
+
+const CONFIG_DICT: &[&[u8]] = &[
+    b"[[pool]]\n",
+    b"[[pool.server]]\n",
+    b"[[listener]]\n",
+    b"[pool.affinity]\n",
+    b"[admin]\n",
+    b"name = \"x\"\n",
+    b"listen = \"127.0.0.1:0\"\n",
+    b"address = \"h:1\"\n",
+    b"weight = 0\n",
+    b"weight = 18446744073709551615\n",
+    b"\"0s\"",
+    b"\"18446744073709551615s\"",
+    b"\"99999999999999999999h\"",
+    b"\"\"",
+    b"-1",
+    b"1e309",
+    b"nan",
+    b"inf",
+    b"[[[[[[[[[[[[[[[[",
+    b"{a={a={a={a={a={a={a={}}}}}}}",
+    b"'''",
+    b"\"\"\"",
+    b"\\u0000",
+    b"\xff",
+    b"\t",
+    b"\r\n",
+    b"mode = \"cookie\"\n",
+    b"algorithm = \"hash\"\n",
+    b"hash_key = \"cookie:\"\n",
+    b"expect_status = \"399-200\"\n",
+    b"table_size = 0\n",
+];
+
+#[test]
+fn fuzz_config_parse() {
+    let seeds: Vec<Vec<u8>> = CONFIG_SEEDS.iter().map(|s| s.as_bytes().to_vec()).collect();
+    let path = Path::new("/nonexistent-remora-fuzz/remora.toml");
+    // Every seed is a valid configuration, so mutants start from deep code.
+    for (i, s) in CONFIG_SEEDS.iter().enumerate() {
+        if let Err(e) = Config::parse(s, path) {
+            // The seeds name files that do not exist; only that may fail.
+            assert!(
+                e.to_string().contains("does-not-exist"),
+                "seed {i} refused: {e}"
+            );
+        }
+    }
+    let mut g = Gen::new(0xC0F1_6000);
+    let mut accepted = 0usize;
+    for case in 0..20_000 {
+        let bytes = g.mutate(&seeds, CONFIG_DICT);
+        let text = String::from_utf8_lossy(&bytes);
+        let start = Instant::now();
+        let result = Config::parse(&text, path);
+        assert!(
+            start.elapsed() < SLOW,
+            "case {case}: slow parse of {text:?}"
+        );
+        match result {
+            Ok(_) => accepted += 1,
+            Err(ConfigError::At { line, col, .. }) => {
+                // The position an operator is sent to exists in the file.
+                let lines = text.split('\n').count();
+                assert!(
+                    line >= 1 && line <= lines && col >= 1,
+                    "case {case}: error at {line}:{col} outside a {lines}-line file: {text:?}"
+                );
+            }
+            Err(_) => {}
+        }
+    }
+    assert!(
+        accepted > 100,
+        "only {accepted} mutants parsed: mutations too coarse"
+    );
+}
+
+// ---------------------------------------------------------------- affinity cookie
+
+fn affinity_sealer() -> Sealer {
+    let ring = Keyring::from_keys(vec![Key::from_bytes([0xa5; 32])]).expect("one key");
+    Sealer::new(&ring, Purpose::Affinity)
+}
+
+fn cookie_records() -> Vec<CookieRecord> {
+    vec![
+        CookieRecord {
+            id: 0x0123_4567_89ab_cdef,
+            issued: 1_700_000_000,
+            last_seen: 1_700_000_600,
+            server: "b1".into(),
+        },
+        CookieRecord {
+            id: u64::MAX,
+            issued: 0,
+            last_seen: u64::MAX,
+            server: "\u{e9}".repeat(MAX_SERVER_NAME / 2),
+        },
+        CookieRecord {
+            id: 0,
+            issued: 1,
+            last_seen: 1,
+            server: String::new(),
+        },
+    ]
+}
+
+#[test]
+fn fuzz_affinity_cookie() {
+    let sealer = affinity_sealer();
+    let aad = cookie::aad("REMORA_AFFINITY", "app");
+    let records = cookie_records();
+    let originals: Vec<String> = records.iter().map(|r| r.seal(&sealer, &aad)).collect();
+    let text_seeds: Vec<Vec<u8>> = originals.iter().map(|t| t.clone().into_bytes()).collect();
+    let plain_seeds: Vec<Vec<u8>> = records.iter().map(CookieRecord::encode).collect();
+    let text_dict: &[&[u8]] = &[
+        b"A",
+        b"_",
+        b"-",
+        b"=",
+        b"%3D",
+        b"\"",
+        b";",
+        b" ",
+        b"\xc3\xa9",
+    ];
+    let plain_dict: &[&[u8]] = &[
+        b"\x01",
+        b"\x02",
+        b"\x00",
+        b"\xff\xfe",
+        b"\xc3",
+        b"\xed\xa0\x80",
+    ];
+    let mut g = Gen::new(0xC00C_1E00);
+    let mut opened = 0usize;
+    for case in 0..20_000 {
+        if case % 2 == 0 {
+            // Changed cookie text must never open.
+            let bytes = g.mutate(&text_seeds, text_dict);
+            let text = String::from_utf8_lossy(&bytes);
+            if let Ok(r) = CookieRecord::open(&sealer, &text, &aad) {
+                let i = originals.iter().position(|o| o.as_str() == text);
+                assert!(
+                    i.is_some(),
+                    "case {case}: changed cookie opened: {text:?} -> {r:?}"
+                );
+            }
+            // The same text bound to another pool never opens.
+            let other = cookie::aad("REMORA_AFFINITY", "other");
+            assert!(CookieRecord::open(&sealer, &text, &other).is_err());
+        } else {
+            // Authentic cookies with mutated records reach the decoder.
+            let plain = g.mutate(&plain_seeds, plain_dict);
+            let text = sealer.seal_b64(&plain, &aad);
+            let direct = CookieRecord::decode(&plain);
+            match CookieRecord::open(&sealer, &text, &aad) {
+                Ok(r) => {
+                    opened += 1;
+                    assert_eq!(direct.as_ref(), Some(&r));
+                    assert!(r.server.len() <= MAX_SERVER_NAME);
+                    assert_eq!(r.encode(), plain, "case {case}: decode/encode not inverse");
+                }
+                Err(e) => {
+                    // Either the record is bad or the sealed text is over the cookie limit.
+                    assert!(
+                        direct.is_none() || text.len() > cookie::MAX_COOKIE_VALUE,
+                        "case {case}: valid record refused: {e}"
+                    );
+                }
+            }
+        }
+    }
+    assert!(opened > 500, "only {opened} authentic mutants opened");
+}
+
+// ---------------------------------------------------------------- PROXY protocol
+
+fn v2(cmd: u8, fam: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = V2_SIGNATURE.to_vec();
+    out.push(0x20 | cmd);
+    out.push(fam);
+    out.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+fn proxy_seeds() -> Vec<Vec<u8>> {
+    let mut ipv4 = vec![192, 0, 2, 7, 10, 0, 0, 1, 0x15, 0xb3, 0, 80];
+    ipv4.extend_from_slice(&[0x04, 0, 3, b'a', b'b', b'c']); // a TLV after the addresses
+    let mut ipv6 = vec![0x20, 0x01, 0x0d, 0xb8];
+    ipv6.extend_from_slice(&[0; 12]);
+    ipv6.extend_from_slice(&[0; 15]);
+    ipv6.push(1);
+    ipv6.extend_from_slice(&[0, 1, 0, 2]);
+    let unix = vec![0u8; 216];
+    let tail = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec();
+    let with_tail = |mut v: Vec<u8>| {
+        v.extend_from_slice(&tail);
+        v
+    };
+    vec![
+        with_tail(b"PROXY TCP4 192.0.2.7 10.0.0.1 5555 80\r\n".to_vec()),
+        with_tail(b"PROXY TCP6 2001:db8::1 ::1 1 65535\r\n".to_vec()),
+        with_tail(b"PROXY TCP6 ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff 65535 65535\r\n".to_vec()),
+        with_tail(b"PROXY UNKNOWN\r\n".to_vec()),
+        with_tail(v2(1, 0x11, &ipv4)),
+        with_tail(v2(1, 0x21, &ipv6)),
+        with_tail(v2(0, 0x00, &[])),
+        with_tail(v2(1, 0x31, &unix)),
+    ]
+}
+
+/// Runs `read_header` on an in-memory stream (which never waits) and
+/// returns its result and how many bytes it consumed.
+fn read_all(stream: &[u8]) -> (Result<ProxiedAddr, String>, usize) {
+    let mut r = stream;
+    let result = read_header(&mut r)
+        .now_or_never()
+        .expect("an in-memory stream never waits");
+    (result.map_err(|e| e.to_string()), stream.len() - r.len())
+}
+
+#[test]
+fn fuzz_proxy_protocol() {
+    let seeds = proxy_seeds();
+    let dict: &[&[u8]] = &[
+        b"PROXY ",
+        b"TCP4 ",
+        b"TCP6 ",
+        b"UNKNOWN",
+        b"\r\n",
+        b" ",
+        b"255.255.255.255",
+        b"::ffff:1.2.3.4",
+        b"65536",
+        b"00",
+        b"\x21\x11",
+        b"\x04\x00",
+        b"\xff\xff",
+        &V2_SIGNATURE,
+    ];
+    for s in &seeds {
+        let (r, _) = read_all(s);
+        assert!(r.is_ok(), "seed refused: {r:?}");
+    }
+    let mut g = Gen::new(0x9E0_C0DE);
+    let mut sources = 0usize;
+    for case in 0..40_000 {
+        let stream = g.mutate(&seeds, dict);
+        let (result, used) = read_all(&stream);
+        // The reader stops at the end of the header: never more than the
+        // largest header, so the HTTP bytes after it stay untouched.
+        assert!(
+            used <= (MAX_V1_LEN).max(16 + MAX_V2_PAYLOAD),
+            "case {case}: consumed {used} bytes of {stream:?}"
+        );
+        if stream.starts_with(b"PROXY ") && result.is_ok() {
+            assert!(used <= MAX_V1_LEN && stream[..used].ends_with(b"\r\n"));
+            // The streaming reader and the line parser agree.
+            let line = parse_v1(&stream[..used]).map_err(|e| e.to_string());
+            assert_eq!(line, result, "case {case}: {stream:?}");
+        }
+        if let Ok(ProxiedAddr::Source(_)) = result {
+            sources += 1;
+        }
+        // The pure parsers, on the raw bytes.
+        let _ = parse_v1(&stream);
+        if stream.len() >= 16 {
+            let mut head = [0u8; 16];
+            head.copy_from_slice(&stream[..16]);
+            let _ = parse_v2(&head, &stream[16..]);
+        }
+    }
+    assert!(
+        sources > 1_000,
+        "only {sources} mutants parsed to an address"
+    );
+}
