@@ -182,7 +182,10 @@ impl SessionLayer {
         if record.is_expired(now_ms()) || !crate::id::is_well_formed(&record.id) {
             return Ok(None);
         }
-        self.ctx().restore_record(record).await.map(Some)
+        let ctx = self.ctx();
+        let adopted = ctx.restore_record(record).await?;
+        ctx.note_restored(&adopted.id);
+        Ok(Some(adopted))
     }
 
     /// The name of the session cookie as sent (with any `__Host-` prefix).
@@ -205,6 +208,7 @@ impl SessionLayer {
                     metrics: self.metrics.clone(),
                     hooks: self.hooks.clone(),
                     registry: Mutex::new(HashMap::new()),
+                    restored_ids: Mutex::new(HashMap::new()),
                 })
             })
             .clone()

@@ -28,6 +28,27 @@ pub(crate) struct Ctx {
     pub hooks: Option<Arc<dyn ReplicaHooks>>,
     /// In-flight session objects by the ID their requests presented.
     pub registry: Mutex<HashMap<String, Arc<Shared>>>,
+    /// Sessions restored outside a request (e.g. from a Bayeux handshake):
+    /// the next request that loads one sees `was_restored()`. Bounded.
+    pub restored_ids: Mutex<HashMap<String, u64>>,
+}
+
+/// Most ids remembered in [`Ctx::restored_ids`].
+const MAX_RESTORED_IDS: usize = 10_000;
+
+impl Ctx {
+    /// Remembers that `id` was restored outside a request.
+    pub fn note_restored(&self, id: &str) {
+        let mut ids = self.restored_ids.lock();
+        if ids.len() >= MAX_RESTORED_IDS {
+            let cutoff = now_ms().saturating_sub(60_000);
+            ids.retain(|_, at| *at > cutoff);
+            if ids.len() >= MAX_RESTORED_IDS {
+                ids.clear();
+            }
+        }
+        ids.insert(id.to_owned(), now_ms());
+    }
 }
 
 impl Ctx {
@@ -262,6 +283,9 @@ impl Shared {
             Ok(Some(mut rec)) => {
                 rec.purge_expired_attributes(now_ms());
                 ctx.metrics.loaded.inc();
+                if ctx.restored_ids.lock().remove(id).is_some() {
+                    self.state.lock().restored = true;
+                }
                 if let Some((h, parts)) = hook {
                     match h.on_known_id(parts, &rec).await {
                         Some(UnknownIdOutcome::Respond(r)) => return Ok(Some(r)),
@@ -603,7 +627,10 @@ impl Session {
         Ok(self.shared.state.lock().was_expired)
     }
 
-    /// Whether this session was restored from a replica in this process.
+    /// Whether this session was restored from a replica in this process:
+    /// by this request (or a concurrent one on the same session), or
+    /// outside any request (a Bayeux handshake's `ext.session`) just before
+    /// this request was the first to load it.
     pub async fn was_restored(&self) -> Result<bool, SessionError> {
         self.loaded().await?;
         Ok(self.shared.state.lock().restored)

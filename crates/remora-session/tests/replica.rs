@@ -553,3 +553,38 @@ async fn a_newer_replica_replaces_an_older_stored_copy() {
     .await;
     assert_eq!(resp.status(), StatusCode::OK);
 }
+
+#[tokio::test]
+async fn a_restore_outside_a_request_is_seen_by_the_next_request() {
+    let keys = Keyring::generate();
+    let (a, b) = (server(&keys, |r| r), server(&keys, |r| r));
+    let (cookie, rep, _) = shop_on(&a).await;
+    let id = cookie.split_once('=').unwrap().1.to_owned();
+    assert!(
+        b.replicas
+            .restore(&b.layer, &id, &rep, Via::Bayeux)
+            .await
+            .unwrap()
+    );
+    let (_, body) = send(
+        &b.app,
+        Request::get("/list")
+            .header(header::COOKIE, &cookie)
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(body, "tea,milk|restored=true");
+    let (_, body) = send(
+        &b.app,
+        Request::get("/list")
+            .header(header::COOKIE, &cookie)
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        body, "tea,milk|restored=false",
+        "only the first request after the restore is told"
+    );
+}

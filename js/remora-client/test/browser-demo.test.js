@@ -49,6 +49,7 @@ test('the cart survives a crashed server, a reload, and a second crash', { skip 
     await waitCount(page, before + 1);
   }
   assert.equal(await count(page), '3');
+  await page.locator('#transport').filter({ hasText: 'Bayeux: websocket' }).waitFor({ timeout: 10000 });
   await page.screenshot({ path: path.join(shots, 'demo-before.png') });
 
   const first = await crash(page);

@@ -31,6 +31,14 @@ pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
         .route("/assets/app.js", asset!(JS, "../../assets/demo/app.js"))
         .route("/assets/app.css", asset!(CSS, "../../assets/demo/app.css"))
         .route(
+            "/assets/shop-bayeux.js",
+            asset!(JS, "../../assets/demo/shop-bayeux.js"),
+        )
+        .route(
+            "/assets/remora-client/bayeux.js",
+            asset!(JS, "../../../../js/remora-client/src/bayeux.js"),
+        )
+        .route(
             "/assets/remora-client/replica.js",
             asset!(JS, "../../../../js/remora-client/src/replica.js"),
         )
