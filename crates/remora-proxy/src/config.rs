@@ -83,6 +83,9 @@ pub struct Limits {
     /// A keep-alive connection with no request for this long is closed.
     #[serde(with = "humantime_ser")]
     pub idle_timeout: Duration,
+    /// An idle HTTP/1.1 keep-alive connection releases its buffers after this long.
+    #[serde(with = "humantime_ser")]
+    pub park_after: Duration,
     /// Most client connections open at once per listener.
     pub max_connections: usize,
     /// Time allowed for a server to connect.
@@ -103,6 +106,7 @@ impl Default for Limits {
             max_body_bytes: 64 * 1024 * 1024,
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
+            park_after: Duration::from_millis(250),
             max_connections: 20_000,
             connect_timeout: Duration::from_secs(3),
             server_timeout: Duration::from_secs(30),

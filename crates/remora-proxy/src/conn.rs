@@ -2,7 +2,8 @@
 //! detection, HTTP/2, and HTTP/1.1 with idle parking and WebSocket hand-off.
 //!
 //! Idle HTTP/1.1 keep-alive connections are *parked*: once a connection has
-//! had no request in flight and no bytes moving for [`PARK_AFTER`], its hyper
+//! had no request in flight and no bytes moving for `park_after` (see
+//! [`Limits`]), its hyper
 //! connection (and its read and write buffers, 16 KiB) is dropped and the
 //! socket alone waits for the next request, which starts a fresh hyper
 //! connection. Many idle clients then cost a few hundred bytes each.
@@ -22,9 +23,6 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use crate::config::Limits;
 use crate::proxy::{self, ConnCtx};
 use crate::serve::Shared;
-
-/// An idle HTTP/1.1 connection is parked after this long.
-pub const PARK_AFTER: Duration = Duration::from_millis(250);
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -157,7 +155,8 @@ async fn serve_h1(
             Box::pin(proxy::handle(svc_shared.clone(), svc_ctx.clone(), req))
         });
         let mut conn = builder.serve_connection(TokioIo::new(io), svc);
-        let mut tick = tokio::time::interval(tick_for(idle.min(PARK_AFTER)));
+        let park_after = limits.park_after;
+        let mut tick = tokio::time::interval(tick_for(idle.min(park_after)));
         let mut closing = false;
         let mut parking = false;
         let end = loop {
@@ -182,7 +181,7 @@ async fn serve_h1(
                         if quiet >= idle {
                             Pin::new(&mut conn).graceful_shutdown();
                             closing = true;
-                        } else if quiet >= PARK_AFTER {
+                        } else if quiet >= park_after {
                             Pin::new(&mut conn).graceful_shutdown();
                             parking = true;
                         }

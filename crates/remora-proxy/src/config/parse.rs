@@ -84,6 +84,7 @@ struct RawLimits {
     max_body_bytes: Option<u64>,
     header_read_timeout: Option<Spanned<String>>,
     idle_timeout: Option<Spanned<String>>,
+    park_after: Option<Spanned<String>>,
     max_connections: Option<Spanned<u64>>,
     connect_timeout: Option<Spanned<String>>,
     server_timeout: Option<Spanned<String>>,
@@ -325,6 +326,7 @@ fn limits(ctx: &Ctx<'_>, raw: Option<&RawLimits>, base: &Limits) -> Result<Limit
     }
     l.header_read_timeout = ctx.opt_duration(&raw.header_read_timeout, l.header_read_timeout)?;
     l.idle_timeout = ctx.opt_duration(&raw.idle_timeout, l.idle_timeout)?;
+    l.park_after = ctx.opt_duration(&raw.park_after, l.park_after)?;
     if let Some(v) = &raw.max_connections {
         if *v.get_ref() == 0 {
             return Err(ctx.at(v.span(), "max_connections must be at least 1"));
@@ -337,6 +339,7 @@ fn limits(ctx: &Ctx<'_>, raw: Option<&RawLimits>, base: &Limits) -> Result<Limit
     for (v, name) in [
         (&raw.header_read_timeout, "header_read_timeout"),
         (&raw.idle_timeout, "idle_timeout"),
+        (&raw.park_after, "park_after"),
         (&raw.connect_timeout, "connect_timeout"),
         (&raw.server_timeout, "server_timeout"),
     ] {
