@@ -279,6 +279,22 @@ fn mutate_json(g: &mut Gen, seeds: &[Value], values: &[Value]) -> Vec<u8> {
     }
 }
 
+/// Callback names for callback-polling: valid ones and script injections.
+const CALLBACKS: &[&str] = &[
+    "jsonpcallback",
+    "cb",
+    "$.cb_1",
+    "a.b.c",
+    "alert(1)//",
+    "a;b",
+    "1a",
+    "a..b",
+    "</script><script>x",
+    "a\u{2028}",
+    "é",
+    "",
+];
+
 /// Percent-encodes `bytes` for an `application/x-www-form-urlencoded` body.
 fn form_encode(bytes: &[u8]) -> Vec<u8> {
     let mut out = b"message=".to_vec();
@@ -336,6 +352,24 @@ impl Harness {
             req = req.header(header::COOKIE, c);
         }
         let req = req.body(Body::from(body)).expect("request");
+        let response = tokio::time::timeout(SLOW, self.service.call(req))
+            .await
+            .expect("request answered in time")
+            .expect("infallible");
+        let status = response.status();
+        let bytes = tokio::time::timeout(SLOW, response.into_body().collect())
+            .await
+            .expect("body in time")
+            .expect("body")
+            .to_bytes();
+        (status, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    /// Sends a callback-polling GET with `query`; returns status and body text.
+    async fn get(&self, query: &str) -> (StatusCode, String) {
+        let req = Request::get(format!("/cometd?{query}"))
+            .body(Body::empty())
+            .expect("request");
         let response = tokio::time::timeout(SLOW, self.service.call(req))
             .await
             .expect("request answered in time")
@@ -416,6 +450,46 @@ async fn fuzz_bayeux_messages() {
         let text = String::from_utf8_lossy(&template).replace("$CID", &client);
         let input = text.into_bytes();
         let parsed = parse_messages(&input, MAX_MESSAGES);
+        if g.below(8) == 0 {
+            // callback-polling: the same body as a query, with a callback name.
+            let jsonp = *g.pick(CALLBACKS);
+            let query = format!(
+                "{}&{}",
+                String::from_utf8_lossy(&form_encode(&input)),
+                String::from_utf8_lossy(&form_encode(jsonp.as_bytes()))
+                    .replacen("message=", "jsonp=", 1)
+            );
+            let (status, body) = h.get(&query).await;
+            match status {
+                StatusCode::OK => {
+                    assert!(
+                        parsed.is_ok(),
+                        "case {case}: accepted what parse_messages refuses"
+                    );
+                    // Only a safe callback name is ever echoed into JavaScript.
+                    let inner = body
+                        .strip_prefix(jsonp)
+                        .and_then(|b| b.strip_prefix('('))
+                        .and_then(|b| b.strip_suffix(");"))
+                        .unwrap_or_else(|| panic!("case {case}: not `{jsonp}(...);`: {body}"));
+                    assert!(remora_bayeux::transport::callback_polling::valid_callback(
+                        jsonp
+                    ));
+                    check_replies(case, &input, inner);
+                    ok += 1;
+                }
+                StatusCode::BAD_REQUEST => {
+                    bad += 1;
+                    assert!(
+                        parsed.is_err()
+                            || !remora_bayeux::transport::callback_polling::valid_callback(jsonp),
+                        "case {case}: refused parsed messages: {body}"
+                    );
+                }
+                s => panic!("case {case}: unexpected status {s}: {body}"),
+            }
+            continue;
+        }
         let form = g.below(8) == 0;
         let wire = if form {
             form_encode(&input)
