@@ -34,6 +34,18 @@ async function subscribe(c, channel, onMessage) {
 
 const publish = (c, channel, data) => within(c.publish(channel, data), 10000, `publish ${channel}`);
 
+/**
+ * Disconnects and waits until the reply came and no request is in flight
+ * (Faye retries a failed request forever, which would keep Node alive once
+ * the server is gone).
+ */
+async function close(c) {
+    c.disconnect();
+    await until(() => c.received.some((m) => m.channel === "/meta/disconnect"), "disconnect reply");
+    const envelopes = c._dispatcher?._envelopes;
+    await until(() => !(envelopes instanceof Map) || envelopes.size === 0, "no request in flight");
+}
+
 function handshake(c) {
     return within(new Promise((resolve) => c.handshake(() => resolve(c._dispatcher.clientId))),
         10000, "handshake");
@@ -52,7 +64,7 @@ for (const transport of TRANSPORTS) {
             c.connect();
             await until(() => c.sent.some((m) => m.channel === "/meta/connect" && m.connectionType === transport),
                 `connect over ${transport}`);
-            c.disconnect();
+            await close(c);
         });
 
         test("publish and receive across two clients, wildcards, unsubscribe", async () => {
@@ -80,8 +92,8 @@ for (const transport of TRANSPORTS) {
             if (transport === "websocket") {
                 assert.ok(a.sent.some((m) => m.channel === "/meta/connect" && m.connectionType === "websocket"));
             }
-            a.disconnect();
-            b.disconnect();
+            await close(a);
+            await close(b);
         });
 
         test("service channel request/response by id", async () => {
@@ -94,13 +106,13 @@ for (const transport of TRANSPORTS) {
             const request = c.sent.find((m) => m.channel === "/service/echo");
             const response = c.received.find((m) => m.channel === "/service/echo" && m.data);
             assert.equal(response.id, request.id, "response carries the request's id");
-            c.disconnect();
+            await close(c);
         });
 
         test("disconnect ends the client on the server", async () => {
             const c = client(server.url, transport);
             const id = await handshake(c);
-            c.disconnect();
+            await close(c);
             await until(() => c.received.some((m) => m.channel === "/meta/disconnect"), "disconnect reply");
             const r = await fetch(server.url, {
                 method: "POST",
@@ -147,7 +159,7 @@ for (const transport of TRANSPORTS) {
                 await until(() => answers.length === 2, "second answer");
                 assert.equal(answers[1].session, `replica-${handshakes}`);
                 assert.ok(handshakes >= 2);
-                c.disconnect();
+                await close(c);
             } finally {
                 await server.close();
             }

@@ -105,7 +105,17 @@ async fn run(bayeux: Bayeux, socket: WebSocket, ctx: RequestContext) {
                     continue;
                 }
                 let mut processed = bayeux.process(messages, &ctx, Transport::WebSocket, None);
-                let mut out = std::mem::take(&mut processed.replies);
+                // A held connect ended by this batch (disconnect) is answered
+                // before the batch, as clients expect it settled first.
+                let mut out = Vec::new();
+                if processed.connect.is_none() && held.as_ref().is_some_and(|h| {
+                    let inner = h.pending.client.inner.lock();
+                    inner.removed || inner.connect_gen != h.pending.generation
+                }) && let Some(h) = held.take()
+                {
+                    out.extend(bayeux.finish_connect(h.pending, &ctx));
+                }
+                out.append(&mut processed.replies);
                 if let Some(pending) = processed.connect.take() {
                     if let Some(h) = held.take() {
                         out.extend(bayeux.finish_connect(h.pending, &ctx));
