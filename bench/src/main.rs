@@ -14,6 +14,7 @@ mod idle;
 mod proc;
 mod proxy;
 mod report;
+mod sessions;
 mod wrk;
 
 use std::process::ExitCode;
@@ -32,6 +33,8 @@ struct Cli {
 enum Bench {
     /// Requests/s, latency and memory: direct, Remora, HAProxy, nginx.
     Proxy(proxy::Args),
+    /// Session layer: remora-session vs tower-sessions, Redis and memory.
+    Sessions(sessions::Args),
 }
 
 /// Why a benchmark could not run.
@@ -72,6 +75,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.bench {
         Bench::Proxy(args) => proxy::run(args),
+        Bench::Sessions(args) => sessions::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
