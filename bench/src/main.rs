@@ -9,6 +9,7 @@
 //! connections), `wrk` (run wrk, parse its report) and `report` (the
 //! progress bar and the ordered JSON line).
 
+mod bayeux;
 mod http;
 mod idle;
 mod proc;
@@ -31,6 +32,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Bench {
+    /// Bayeux fan-out: `remora bayeux` vs Faye, messages/s, latency, memory.
+    Bayeux(bayeux::Args),
     /// Requests/s, latency and memory: direct, Remora, HAProxy, nginx.
     Proxy(proxy::Args),
     /// Session layer: remora-session vs tower-sessions, Redis and memory.
@@ -74,6 +77,7 @@ pub enum BenchError {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.bench {
+        Bench::Bayeux(args) => bayeux::run(args),
         Bench::Proxy(args) => proxy::run(args),
         Bench::Sessions(args) => sessions::run(args),
     };

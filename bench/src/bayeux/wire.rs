@@ -1,0 +1,287 @@
+//! Bayeux on the wire for the load generator: one keep-alive HTTP/1.1
+//! connection for long-polling, or one WebSocket, each carrying JSON arrays
+//! of messages; and the few messages the benchmark sends.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::BenchError;
+use crate::http::MAX_BODY;
+
+/// The Bayeux path both servers are mounted at.
+pub const PATH: &str = "/cometd";
+
+/// How Bayeux clients reach the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// `long-polling`: POSTed JSON arrays, a held `/meta/connect`.
+    LongPolling,
+    /// `websocket`: JSON arrays in text frames, deliveries pushed.
+    WebSocket,
+}
+
+impl Transport {
+    /// The Bayeux `connectionType` name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::LongPolling => "long-polling",
+            Transport::WebSocket => "websocket",
+        }
+    }
+}
+
+fn http_err(what: &str, addr: SocketAddr, e: impl std::fmt::Display) -> BenchError {
+    BenchError::Http(format!("{what} {addr}{PATH}: {e}"))
+}
+
+/// One keep-alive HTTP/1.1 connection POSTing Bayeux message arrays.
+pub struct Http {
+    addr: SocketAddr,
+    send: SendRequest<Full<Bytes>>,
+}
+
+impl Http {
+    /// Opens the connection.
+    pub async fn connect(addr: SocketAddr) -> Result<Self, BenchError> {
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|source| BenchError::Io {
+                what: format!("connect to {addr} (bayeux)"),
+                source,
+            })?;
+        let _ = stream.set_nodelay(true);
+        let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| http_err("handshake with", addr, e))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(Self { addr, send })
+    }
+
+    /// POSTs `messages` and returns the reply array.
+    pub async fn post(&mut self, messages: &Value) -> Result<Vec<Value>, BenchError> {
+        let request = http::Request::post(PATH)
+            .header(http::header::HOST, "bench.test")
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(messages.to_string())))
+            .map_err(|e| http_err("build a request for", self.addr, e))?;
+        self.send
+            .ready()
+            .await
+            .map_err(|e| http_err("connection lost to", self.addr, e))?;
+        let response = self
+            .send
+            .send_request(request)
+            .await
+            .map_err(|e| http_err("POST", self.addr, e))?;
+        let status = response.status();
+        let body = Limited::new(response.into_body(), MAX_BODY)
+            .collect()
+            .await
+            .map_err(|e| http_err("read a reply from", self.addr, e))?
+            .to_bytes();
+        if !status.is_success() {
+            return Err(http_err(
+                "POST",
+                self.addr,
+                format!("status {status}: {}", String::from_utf8_lossy(&body)),
+            ));
+        }
+        parse_array(&body).map_err(|e| http_err("parse a reply from", self.addr, e))
+    }
+}
+
+/// One WebSocket carrying Bayeux message arrays.
+pub struct Ws {
+    addr: SocketAddr,
+    socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl Ws {
+    /// Opens the WebSocket at `ws://addr/cometd`.
+    pub async fn connect(addr: SocketAddr) -> Result<Self, BenchError> {
+        let (socket, _) = tokio_tungstenite::connect_async(format!("ws://{addr}{PATH}"))
+            .await
+            .map_err(|e| http_err("open a WebSocket to", addr, e))?;
+        Ok(Self { addr, socket })
+    }
+
+    /// Sends `messages` as one text frame.
+    pub async fn send(&mut self, messages: &Value) -> Result<(), BenchError> {
+        self.socket
+            .send(WsMessage::text(messages.to_string()))
+            .await
+            .map_err(|e| http_err("send on the WebSocket to", self.addr, e))
+    }
+
+    /// The next array of messages (pings and other control frames skipped).
+    pub async fn recv(&mut self) -> Result<Vec<Value>, BenchError> {
+        loop {
+            let frame = self
+                .socket
+                .next()
+                .await
+                .ok_or_else(|| http_err("WebSocket closed by", self.addr, "end of stream"))?
+                .map_err(|e| http_err("read the WebSocket from", self.addr, e))?;
+            match frame {
+                WsMessage::Text(text) => {
+                    return parse_array(text.as_bytes())
+                        .map_err(|e| http_err("parse a frame from", self.addr, e));
+                }
+                WsMessage::Binary(bin) => {
+                    return parse_array(&bin)
+                        .map_err(|e| http_err("parse a frame from", self.addr, e));
+                }
+                WsMessage::Close(_) => {
+                    return Err(http_err("WebSocket closed by", self.addr, "close frame"));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Sends `messages` and waits (up to `timeout`) for the reply on
+    /// `channel`, returning it; other messages received meanwhile are
+    /// dropped (the benchmark sends nothing else before it subscribes).
+    pub async fn call(
+        &mut self,
+        messages: &Value,
+        channel: &str,
+        timeout: Duration,
+    ) -> Result<Value, BenchError> {
+        self.send(messages).await?;
+        let wait = async {
+            loop {
+                for m in self.recv().await? {
+                    if m.get("channel").and_then(Value::as_str) == Some(channel) {
+                        return Ok(m);
+                    }
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.map_err(|_| {
+            BenchError::Timeout(format!(
+                "no {channel} reply from {} within {timeout:?}",
+                self.addr
+            ))
+        })?
+    }
+}
+
+/// A JSON array of messages (a lone object is taken as an array of one).
+fn parse_array(body: &[u8]) -> Result<Vec<Value>, serde_json::Error> {
+    match serde_json::from_slice(body)? {
+        Value::Array(items) => Ok(items),
+        other => Ok(vec![other]),
+    }
+}
+
+/// `[{"channel":"/meta/handshake",...}]` offering `transport`.
+pub fn handshake(transport: Transport) -> Value {
+    json!([{
+        "channel": "/meta/handshake",
+        "version": "1.0",
+        "minimumVersion": "1.0",
+        "supportedConnectionTypes": [transport.name()],
+    }])
+}
+
+/// `[{"channel":"/meta/connect",...}]`.
+pub fn connect(client_id: &str, transport: Transport) -> Value {
+    json!([{
+        "channel": "/meta/connect",
+        "clientId": client_id,
+        "connectionType": transport.name(),
+    }])
+}
+
+/// `[{"channel":"/meta/subscribe",...}]` to `subscription`.
+pub fn subscribe(client_id: &str, subscription: &str) -> Value {
+    json!([{
+        "channel": "/meta/subscribe",
+        "clientId": client_id,
+        "subscription": subscription,
+    }])
+}
+
+/// A publish of `{"t": sent_us}` on `channel`.
+pub fn publish(client_id: &str, channel: &str, sent_us: u64) -> Value {
+    json!([{ "channel": channel, "clientId": client_id, "data": { "t": sent_us } }])
+}
+
+/// The `clientId` of a successful handshake reply (first of `replies`).
+pub fn client_id(replies: &[Value]) -> Result<String, BenchError> {
+    let reply = replies
+        .iter()
+        .find(|m| m.get("channel").and_then(Value::as_str) == Some("/meta/handshake"))
+        .ok_or_else(|| BenchError::Http(format!("no handshake reply in {replies:?}")))?;
+    ensure_successful(reply)?;
+    reply
+        .get("clientId")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .ok_or_else(|| BenchError::Http(format!("handshake reply without clientId: {reply}")))
+}
+
+/// Fails unless `reply` says `"successful": true`.
+pub fn ensure_successful(reply: &Value) -> Result<(), BenchError> {
+    if reply.get("successful").and_then(Value::as_bool) == Some(true) {
+        Ok(())
+    } else {
+        Err(BenchError::Http(format!("unsuccessful reply: {reply}")))
+    }
+}
+
+/// The reply on `channel` among `replies`, which must be successful.
+pub fn expect_reply(replies: &[Value], channel: &str) -> Result<(), BenchError> {
+    let reply = replies
+        .iter()
+        .find(|m| m.get("channel").and_then(Value::as_str) == Some(channel))
+        .ok_or_else(|| BenchError::Http(format!("no {channel} reply in {replies:?}")))?;
+    ensure_successful(reply)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_parse_and_client_id_is_found() {
+        let replies = parse_array(
+            br#"[{"channel":"/meta/handshake","successful":true,"clientId":"abc","version":"1.0"}]"#,
+        )
+        .expect("array");
+        assert_eq!(client_id(&replies).expect("id"), "abc");
+        let one =
+            parse_array(br#"{"channel":"/meta/handshake","successful":false}"#).expect("object");
+        assert!(client_id(&one).is_err());
+        assert!(expect_reply(&one, "/meta/connect").is_err());
+    }
+
+    #[test]
+    fn messages_have_the_bayeux_shape() {
+        let p = publish("c1", "/rooms/3", 42);
+        assert_eq!(p[0]["channel"], "/rooms/3");
+        assert_eq!(p[0]["data"]["t"], 42);
+        assert_eq!(
+            connect("c1", Transport::WebSocket)[0]["connectionType"],
+            "websocket"
+        );
+        assert_eq!(subscribe("c1", "/rooms/0")[0]["subscription"], "/rooms/0");
+        assert_eq!(
+            handshake(Transport::LongPolling)[0]["supportedConnectionTypes"][0],
+            "long-polling"
+        );
+    }
+}
