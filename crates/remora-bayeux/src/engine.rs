@@ -360,6 +360,16 @@ impl Bayeux {
         self.remove(client_id, RemoveReason::Server)
     }
 
+    /// Removes every client (e.g. before shutting down): held connects are
+    /// answered at once with `402::session_unknown` and handshake advice, so
+    /// clients re-handshake (on another node, behind a load balancer).
+    pub fn remove_all_clients(&self) -> usize {
+        let ids = self.client_ids();
+        ids.iter()
+            .filter(|id| self.remove(id, RemoveReason::Server))
+            .count()
+    }
+
     fn enqueue(&self, client: &Client, json: Arc<str>) {
         let (queued, dropped) = client.enqueue(json, self.inner.config.max_queue);
         let c = &self.inner.counters;

@@ -612,3 +612,29 @@ async fn server_api_publish_and_listeners() {
         Err(remora_bayeux::DeliverError::UnknownClient)
     );
 }
+
+#[tokio::test]
+async fn remove_all_clients_answers_held_connects() {
+    let s = std::sync::Arc::new(
+        start(BayeuxConfig {
+            timeout_ms: 20_000,
+            ..quick()
+        })
+        .await,
+    );
+    let a = s.client().await;
+    let held = tokio::spawn({
+        let s = s.clone();
+        let a = a.clone();
+        async move { s.connect(&a).await }
+    });
+    eventually(|| s.bayeux.client(&a).is_some()).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let t = Instant::now();
+    assert_eq!(s.bayeux.remove_all_clients(), 1);
+    let r = held.await.unwrap();
+    assert!(t.elapsed() < Duration::from_secs(5));
+    assert_eq!(r[0]["error"], "402::session_unknown");
+    assert_eq!(r[0]["advice"]["reconnect"], "handshake");
+    assert_eq!(s.bayeux.stats().clients, 0);
+}

@@ -165,7 +165,7 @@ async fn serve(args: Args, config: FileConfig) -> ExitCode {
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
     )
-    .with_graceful_shutdown(shutdown())
+    .with_graceful_shutdown(shutdown(bayeux.clone()))
     .await;
     match served {
         Ok(()) => ExitCode::SUCCESS,
@@ -176,7 +176,10 @@ async fn serve(args: Args, config: FileConfig) -> ExitCode {
     }
 }
 
-async fn shutdown() {
+/// Waits for Ctrl-C or SIGTERM, then removes every Bayeux client so held
+/// connects are answered at once (clients re-handshake) and the graceful
+/// shutdown does not wait `timeout` for them.
+async fn shutdown(bayeux: Bayeux) {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -195,6 +198,8 @@ async fn shutdown() {
         _ = ctrl_c => {}
         _ = term => {}
     }
+    let n = bayeux.remove_all_clients();
+    tracing::info!(clients = n, "remora bayeux shutting down");
 }
 
 #[cfg(test)]

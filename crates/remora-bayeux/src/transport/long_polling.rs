@@ -25,7 +25,8 @@ pub(crate) async fn post(State(bayeux): State<Bayeux>, request: Request) -> Resp
     let result = if is_form {
         match form_field(&body, "message") {
             Some(m) => handle_http(&bayeux, &ctx, &m, Transport::LongPolling).await,
-            None => return (StatusCode::BAD_REQUEST, "missing message field").into_response(),
+            // Some clients (curl -d) label a JSON body as a form.
+            None => handle_http(&bayeux, &ctx, &body, Transport::LongPolling).await,
         }
     } else {
         handle_http(&bayeux, &ctx, &body, Transport::LongPolling).await
