@@ -21,7 +21,7 @@ fn session(target: usize) -> Record {
         "Zm9vYmFyYmF6cXV4MTIzNDU2".into(),
         1_000,
         30 * 60_000,
-        12 * 3600_000,
+        12 * 3_600_000,
     );
     r.version = 7;
     r.replica_seq = 1_700_000_000_000;
