@@ -10,6 +10,7 @@
 //! progress bar and the ordered JSON line).
 
 mod bayeux;
+mod chaos;
 mod http;
 mod idle;
 mod proc;
@@ -34,6 +35,8 @@ struct Cli {
 enum Bench {
     /// Bayeux fan-out: `remora bayeux` vs Faye, messages/s, latency, memory.
     Bayeux(bayeux::Args),
+    /// Shoppers while shop servers are killed: what is lost, per mode.
+    Chaos(chaos::Args),
     /// Requests/s, latency and memory: direct, Remora, HAProxy, nginx.
     Proxy(proxy::Args),
     /// Session layer: remora-session vs tower-sessions, Redis and memory.
@@ -78,6 +81,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.bench {
         Bench::Bayeux(args) => bayeux::run(args),
+        Bench::Chaos(args) => chaos::run(args),
         Bench::Proxy(args) => proxy::run(args),
         Bench::Sessions(args) => sessions::run(args),
     };
