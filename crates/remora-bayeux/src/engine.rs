@@ -122,6 +122,8 @@ pub struct ClientInfo {
     pub queued: usize,
     /// Messages dropped from its full queue.
     pub dropped: u64,
+    /// Whether a `/meta/connect` of this client is being held now.
+    pub connect_held: bool,
 }
 
 #[derive(Default)]
@@ -307,6 +309,7 @@ impl Bayeux {
             subscriptions: inner.subscriptions.iter().map(Pattern::to_name).collect(),
             queued: inner.queue.len(),
             dropped: inner.dropped,
+            connect_held: inner.holding > 0,
         })
     }
 

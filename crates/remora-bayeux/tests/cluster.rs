@@ -95,7 +95,6 @@ async fn publish_on_one_node_reaches_the_other() {
         let r = b.connect(&on_b).await;
         (b, r)
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(
         a.publish(&on_a, "/room/1", json!("from-a")).await["successful"],
         true

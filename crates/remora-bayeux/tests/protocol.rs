@@ -141,8 +141,7 @@ async fn a_new_connect_releases_the_previous_one() {
     let id2 = id.clone();
     let t = Instant::now();
     let first = tokio::spawn(async move { s2.connect(&id2).await });
-    eventually(|| s.bayeux.client(&id).is_some_and(|_| true)).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    eventually(|| s.bayeux.client(&id).is_some_and(|c| c.connect_held)).await;
     let second = tokio::spawn({
         let s = s.clone();
         let id = id.clone();
@@ -204,7 +203,7 @@ async fn publish_reaches_subscribers_with_wildcards_and_releases_held_connect() 
         let a = a.clone();
         async move { s.connect(&a).await }
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    eventually(|| s.bayeux.client(&a).is_some_and(|c| c.connect_held)).await;
     let t = Instant::now();
     let r = s.publish(&b, "/chat/room", json!({"text": "hi"})).await;
     assert_eq!(r["successful"], true);
@@ -540,8 +539,7 @@ async fn multiple_clients_advice_beyond_max_sessions_per_browser() {
                 .await
         }
     });
-    // Wait until the first connect is held.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    eventually(|| s.bayeux.client(&ids[0]).is_some_and(|c| c.connect_held)).await;
     let t = Instant::now();
     let r = s
         .request(
@@ -628,8 +626,7 @@ async fn remove_all_clients_answers_held_connects() {
         let a = a.clone();
         async move { s.connect(&a).await }
     });
-    eventually(|| s.bayeux.client(&a).is_some()).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    eventually(|| s.bayeux.client(&a).is_some_and(|c| c.connect_held)).await;
     let t = Instant::now();
     assert_eq!(s.bayeux.remove_all_clients(), 1);
     let r = held.await.unwrap();

@@ -173,7 +173,7 @@ async fn websocket_ack_extension_delivers_with_connect_reply() {
     .await;
     recv(&mut ws).await;
     send(&mut ws, json!([{"channel":"/meta/connect","clientId":id,"connectionType":"websocket","ext":{"ack":0}}])).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    common::eventually(|| s.bayeux.client(&id).is_some_and(|c| c.connect_held)).await;
     s.bayeux.publish("/a", json!(1)).unwrap();
     let r = recv(&mut ws).await;
     assert_eq!(r.len(), 2, "message and connect reply together: {r:?}");
