@@ -79,6 +79,9 @@ struct Run {
     /// Redis commands processed per request (whole server: other clients'
     /// commands count too).
     redis_cmds_per_req: Option<f64>,
+    /// Redis server CPU time (user + system) per request, microseconds
+    /// (whole server, like the command count).
+    redis_cpu_us_per_req: Option<f64>,
 }
 
 /// A started app process and where it listens.
@@ -263,20 +266,20 @@ fn measure(
     let total = (load.warmup + load.duration).as_secs_f64().max(1e-9);
     let pid = guard.pid();
     let mut cpu_at_start: Option<u64> = None;
-    let mut cmds_at_start: Option<u64> = None;
+    let mut redis_at_start: Option<RedisCounters> = None;
     let measure_from = load.warmup;
     let report = load::run(addr, load, |elapsed| {
         bar.set_position(base + ((elapsed.as_secs_f64() / total) * 100.0).min(99.0) as u64);
         if cpu_at_start.is_none() && elapsed >= measure_from {
             cpu_at_start = Some(proc::tree_cpu_ticks(pid));
             if kind.uses_redis() {
-                cmds_at_start = redis.commands_processed().ok();
+                redis_at_start = redis.counters().ok();
             }
         }
     })?;
     let cpu_end = proc::tree_cpu_ticks(pid);
-    let cmds_end = if kind.uses_redis() {
-        redis.commands_processed().ok()
+    let redis_end = if kind.uses_redis() {
+        redis.counters().ok()
     } else {
         None
     };
@@ -284,14 +287,18 @@ fn measure(
     let requests = report.requests.max(1) as f64;
     let ticks = cpu_end.saturating_sub(cpu_at_start.unwrap_or(cpu_end));
     let cpu_us_per_req = ticks as f64 * 1e6 / proc::clock_ticks_per_second() as f64 / requests;
-    let redis_cmds_per_req = match (cmds_at_start, cmds_end) {
-        (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / requests),
-        _ => None,
+    let (redis_cmds_per_req, redis_cpu_us_per_req) = match (redis_at_start, redis_end) {
+        (Some(a), Some(b)) => (
+            Some(b.commands.saturating_sub(a.commands) as f64 / requests),
+            Some((b.cpu_seconds - a.cpu_seconds).max(0.0) * 1e6 / requests),
+        ),
+        _ => (None, None),
     };
     Ok(Run {
         report,
         cpu_us_per_req,
         redis_cmds_per_req,
+        redis_cpu_us_per_req,
     })
 }
 
@@ -310,7 +317,7 @@ impl RedisProbe {
         let client = redis::Client::open(url)
             .map_err(|e| BenchError::Setup(format!("bad Redis URL {url}: {e}")))?;
         let probe = Self { client };
-        probe.commands_processed().map_err(|e| {
+        probe.counters().map_err(|e| {
             BenchError::Setup(format!(
                 "Redis at {url} is not reachable ({e}): start one (`redis-server`) or pass --redis"
             ))
@@ -325,19 +332,22 @@ impl RedisProbe {
         Ok(conn)
     }
 
-    /// `total_commands_processed` from `INFO stats`.
-    fn commands_processed(&self) -> redis::RedisResult<u64> {
+    /// Commands processed and CPU used so far by the Redis server.
+    fn counters(&self) -> redis::RedisResult<RedisCounters> {
         let mut conn = self.conn()?;
-        let info: String = redis::cmd("INFO").arg("stats").query(&mut conn)?;
-        info.lines()
-            .find_map(|l| l.strip_prefix("total_commands_processed:"))
-            .and_then(|v| v.trim().parse().ok())
-            .ok_or_else(|| {
-                redis::RedisError::from((
-                    redis::ErrorKind::Parse,
-                    "no total_commands_processed in INFO stats",
-                ))
-            })
+        let stats: String = redis::cmd("INFO").arg("stats").query(&mut conn)?;
+        let cpu: String = redis::cmd("INFO").arg("cpu").query(&mut conn)?;
+        let missing = |what: &'static str| redis::RedisError::from((redis::ErrorKind::Parse, what));
+        let commands = info_field(&stats, "total_commands_processed")
+            .ok_or_else(|| missing("no total_commands_processed in INFO stats"))?;
+        let user: f64 = info_field(&cpu, "used_cpu_user")
+            .ok_or_else(|| missing("no used_cpu_user in INFO cpu"))?;
+        let sys: f64 = info_field(&cpu, "used_cpu_sys")
+            .ok_or_else(|| missing("no used_cpu_sys in INFO cpu"))?;
+        Ok(RedisCounters {
+            commands,
+            cpu_seconds: user + sys,
+        })
     }
 
     /// Deletes Remora's keys under `prefix` and tower-sessions' keys named
@@ -378,6 +388,22 @@ impl RedisProbe {
     }
 }
 
+/// Redis's cumulative counters at one moment.
+#[derive(Debug, Clone, Copy)]
+struct RedisCounters {
+    /// `total_commands_processed`.
+    commands: u64,
+    /// `used_cpu_user + used_cpu_sys`, seconds.
+    cpu_seconds: f64,
+}
+
+/// A `field:value` line of an `INFO` reply, parsed.
+fn info_field<T: std::str::FromStr>(info: &str, field: &str) -> Option<T> {
+    info.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// `prefix` with Redis glob metacharacters escaped.
 fn escape_glob(prefix: &str) -> String {
     let mut out = String::with_capacity(prefix.len());
@@ -403,7 +429,7 @@ fn print_table(args: &Args, load: &load::Load, outcomes: &[(AppKind, Outcome)]) 
         args.tower_pool
     );
     println!(
-        "{:<14} {:>10} {:>9} {:>9} {:>8} {:>8} {:>6} {:>12} {:>14}",
+        "{:<14} {:>10} {:>9} {:>9} {:>8} {:>8} {:>6} {:>12} {:>14} {:>13}",
         "app",
         "req/s",
         "p50 ms",
@@ -412,7 +438,8 @@ fn print_table(args: &Args, load: &load::Load, outcomes: &[(AppKind, Outcome)]) 
         "non-2xx",
         "lost",
         "CPU µs/req",
-        "Redis cmd/req"
+        "Redis cmd/req",
+        "Redis µs/req"
     );
     for (kind, outcome) in outcomes {
         match outcome.median() {
@@ -421,8 +448,11 @@ fn print_table(args: &Args, load: &load::Load, outcomes: &[(AppKind, Outcome)]) 
                 let cmds = run
                     .redis_cmds_per_req
                     .map_or_else(|| "-".to_owned(), |c| format!("{c:.2}"));
+                let redis_cpu = run
+                    .redis_cpu_us_per_req
+                    .map_or_else(|| "-".to_owned(), |c| format!("{c:.1}"));
                 println!(
-                    "{:<14} {:>10.0} {:>9.2} {:>9.2} {:>8} {:>8} {:>6} {:>12.1} {:>14}",
+                    "{:<14} {:>10.0} {:>9.2} {:>9.2} {:>8} {:>8} {:>6} {:>12.1} {:>14} {:>13}",
                     kind.name(),
                     r.rps,
                     r.p50_ms,
@@ -431,7 +461,8 @@ fn print_table(args: &Args, load: &load::Load, outcomes: &[(AppKind, Outcome)]) 
                     r.non_2xx,
                     r.lost,
                     run.cpu_us_per_req,
-                    cmds
+                    cmds,
+                    redis_cpu
                 );
             }
             None => println!(
@@ -489,6 +520,7 @@ mod tests {
             },
             cpu_us_per_req: 1.0,
             redis_cmds_per_req: None,
+            redis_cpu_us_per_req: None,
         }
     }
 
@@ -561,6 +593,15 @@ mod tests {
             );
             rt.shutdown_timeout(Duration::from_secs(1));
         }
+    }
+
+    #[test]
+    fn info_fields_parse() {
+        let info =
+            "# CPU\r\nused_cpu_sys:1.50\r\nused_cpu_user:2.25\r\nused_cpu_sys_children:9\r\n";
+        assert_eq!(info_field::<f64>(info, "used_cpu_sys"), Some(1.5));
+        assert_eq!(info_field::<f64>(info, "used_cpu_user"), Some(2.25));
+        assert_eq!(info_field::<u64>(info, "total_commands_processed"), None);
     }
 
     #[test]
