@@ -275,7 +275,10 @@ pub fn run(args: Args) -> Result<(), BenchError> {
             signal(balancer.pid(), "HUP")?;
             note(
                 &bar,
-                format!("drained {victim}; balancer reloaded (SIGHUP)"),
+                format!(
+                    "+{:.1}s: drained {victim}; balancer reloaded (SIGHUP)",
+                    started.elapsed().as_secs_f64()
+                ),
             );
             drained = Some(victim);
         }
@@ -291,6 +294,8 @@ pub fn run(args: Args) -> Result<(), BenchError> {
                 signal(guard.pid(), "KILL")?;
                 drop(guard);
                 kills += 1;
+                let at = started.elapsed().as_secs_f64();
+                note(&bar, format!("+{at:.1}s: killed {}", shops[i].name));
                 std::thread::sleep(args.restart_after);
                 topo.start_shop(&mut shops[i])?;
             }

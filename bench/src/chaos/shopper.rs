@@ -103,6 +103,11 @@ pub struct Shopper {
     expected: BTreeMap<String, u32>,
     rng: StdRng,
     relogin: bool,
+    /// When the run started (incidents carry the time since).
+    started: Instant,
+    /// The replica seq held when the last request was sent, and the seq
+    /// of the replica its answer carried (for incident reports).
+    last_seqs: (Option<u64>, Option<u64>),
     requests: Arc<AtomicU64>,
     report: Report,
 }
@@ -126,6 +131,8 @@ impl Shopper {
             expected: BTreeMap::new(),
             rng: StdRng::seed_from_u64(seed ^ (id as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
             relogin: false,
+            started: Instant::now(),
+            last_seqs: (None, None),
             requests,
             report: Report::default(),
         }
@@ -381,8 +388,14 @@ impl Shopper {
         }
         if lost > 0 || extra > 0 {
             let line = format!(
-                "shopper {}: {what} on {}: {lost} item(s) missing, {extra} unexpected; expected {:?}, server {:?}",
-                self.id, cart["server"], self.expected, server
+                "shopper {} at +{:.1}s: {what} on {}: {lost} item(s) missing, {extra} unexpected; expected {:?}, server {:?}; held seq {:?}, answer seq {:?}",
+                self.id,
+                self.started.elapsed().as_secs_f64(),
+                cart["server"],
+                self.expected,
+                server,
+                self.last_seqs.0,
+                self.last_seqs.1
             );
             self.report.incident(line);
         }
@@ -429,6 +442,7 @@ impl Shopper {
     ) -> Result<(Reply, bool), Failed> {
         self.report.requests += 1;
         self.requests.fetch_add(1, Ordering::Relaxed);
+        self.last_seqs = (self.replica.as_ref().map(|(_, s)| *s), None);
         let mut req = http::Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.base));
@@ -505,6 +519,10 @@ impl Shopper {
         if headers.contains_key("session-replica-drop") {
             self.replica = None;
         }
+        self.last_seqs.1 = headers
+            .get("session-replica-seq")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|s| s.parse::<u64>().ok());
         if let (Some(blob), Some(seq)) = (
             headers.get("session-replica").and_then(|v| v.to_str().ok()),
             headers
