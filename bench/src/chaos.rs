@@ -377,6 +377,9 @@ interval = "250ms"
 timeout = "250ms"
 rise = 1
 fall = 1
+# A killed shop is back within about a second: with the default 10 s, a
+# kill every 5 s keeps two of three servers ejected at once.
+passive_backoff = "2s"
 
 {servers}"#,
         keys = keys.display()
