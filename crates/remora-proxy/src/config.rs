@@ -97,6 +97,10 @@ pub struct Limits {
     /// On SIGTERM, how long in-flight requests may take before exit.
     #[serde(with = "humantime_ser")]
     pub drain_timeout: Duration,
+    /// Request bodies up to this size (with a `Content-Length`) are kept in
+    /// memory so that, when the chosen server refuses the connection, the
+    /// request can go to another server (the body was never sent). 0: off.
+    pub replay_body_bytes: u64,
 }
 
 impl Default for Limits {
@@ -111,6 +115,7 @@ impl Default for Limits {
             connect_timeout: Duration::from_secs(3),
             server_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(30),
+            replay_body_bytes: 64 * 1024,
         }
     }
 }

@@ -206,6 +206,7 @@ async fn forward_with_retries(
     info: &mut RequestInfo,
     limits: &crate::config::Limits,
 ) -> Response<ProxyBody> {
+    let declared = content_length(&req);
     let (mut parts, body) = req.into_parts();
     let body_empty = body.is_end_stream();
     let retry_any = idempotent(&parts.method) && body_empty;
@@ -225,6 +226,23 @@ async fn forward_with_retries(
     let exceeded = Arc::new(AtomicBool::new(false));
     let mut body: Option<ProxyBody> = (!body_empty)
         .then(|| LimitedBody::new(body, limits.max_body_bytes, exceeded.clone()).boxed());
+    // A small body of known length is kept in memory, so that a server that
+    // refuses the connection (nothing was sent) does not fail the request:
+    // it goes to the repin target like a request without a body.
+    let mut replay: Option<bytes::Bytes> = None;
+    if pool.config.retries > 0
+        && declared.is_some_and(|n| n > 0 && n <= limits.replay_body_bytes)
+        && let Some(b) = body.take()
+    {
+        match tokio::time::timeout(limits.header_read_timeout, b.collect()).await {
+            Ok(Ok(collected)) => replay = Some(collected.to_bytes()),
+            Ok(Err(_)) if exceeded.load(Ordering::Relaxed) => {
+                return local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
+            }
+            Ok(Err(_)) => return local(StatusCode::BAD_REQUEST, "request body ended early\n"),
+            Err(_) => return local(StatusCode::REQUEST_TIMEOUT, "request body too slow\n"),
+        }
+    }
     let health = &pool.config.health;
     let max_attempts = pool.config.retries.saturating_add(1);
     let mut attempt = 0u32;
@@ -236,7 +254,11 @@ async fn forward_with_retries(
         let Some(uri) = upstream_uri(&server.config.address, &parts.uri) else {
             return local(StatusCode::BAD_REQUEST, "bad request target\n");
         };
-        let mut up = Request::new(body.take().unwrap_or_else(forward::empty));
+        let next = match &replay {
+            Some(b) => forward::full(b.clone()),
+            None => body.take().unwrap_or_else(forward::empty),
+        };
+        let mut up = Request::new(next);
         *up.method_mut() = parts.method.clone();
         *up.uri_mut() = uri;
         *up.version_mut() = Version::HTTP_11;
@@ -294,7 +316,8 @@ async fn forward_with_retries(
                     tracing::warn!(pool = pool.name(), server = server.name(), error = %crate::admin::error_chain(&e), "server DOWN (passive: consecutive errors)");
                 }
                 attempt += 1;
-                let can_retry = attempt < max_attempts && (retry_any || (connect && body_empty));
+                let can_retry = attempt < max_attempts
+                    && (retry_any || (connect && (body_empty || replay.is_some())));
                 tracing::debug!(pool = pool.name(), server = server.name(), error = %crate::admin::error_chain(&e), can_retry, "forward failed");
                 if !can_retry {
                     return if connect {

@@ -89,6 +89,7 @@ struct RawLimits {
     connect_timeout: Option<Spanned<String>>,
     server_timeout: Option<Spanned<String>>,
     drain_timeout: Option<Spanned<String>>,
+    replay_body_bytes: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -336,6 +337,12 @@ fn limits(ctx: &Ctx<'_>, raw: Option<&RawLimits>, base: &Limits) -> Result<Limit
     l.connect_timeout = ctx.opt_duration(&raw.connect_timeout, l.connect_timeout)?;
     l.server_timeout = ctx.opt_duration(&raw.server_timeout, l.server_timeout)?;
     l.drain_timeout = ctx.opt_duration(&raw.drain_timeout, l.drain_timeout)?;
+    if let Some(v) = &raw.replay_body_bytes {
+        if *v.get_ref() > 16 * 1024 * 1024 {
+            return Err(ctx.at(v.span(), "replay_body_bytes must be at most 16777216"));
+        }
+        l.replay_body_bytes = *v.get_ref();
+    }
     for (v, name) in [
         (&raw.header_read_timeout, "header_read_timeout"),
         (&raw.idle_timeout, "idle_timeout"),
