@@ -4,8 +4,9 @@ import http from 'node:http';
 import faye from 'faye';
 
 const port = Number(process.argv[2] || 8000);
-// timeout: seconds a /meta/connect is held (Faye's default is 45).
-const bayeux = new faye.NodeAdapter({ mount: '/cometd', timeout: 25 });
+// timeout: seconds a /meta/connect is held (Faye defaults to 45; 30 is
+// remora bayeux's default timeout_ms).
+const bayeux = new faye.NodeAdapter({ mount: '/cometd', timeout: 30 });
 const server = http.createServer((req, res) => {
   res.writeHead(404, { 'content-type': 'text/plain' });
   res.end('not found\n');
