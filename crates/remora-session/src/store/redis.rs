@@ -16,13 +16,15 @@ use crate::record::{Record, now_ms};
 
 /// Default key prefix.
 pub const DEFAULT_PREFIX: &str = "remora:session:";
+/// Connections [`RedisStore::connect`] opens to a single node. Each is
+/// multiplexed; several avoid queueing every request behind one socket.
+pub const DEFAULT_CONNECTIONS: usize = 4;
 
 const SAVE: &str = r"
 local cur = redis.call('HGET', KEYS[1], 'v') or '0'
 if cur ~= ARGV[1] then
   return redis.call('HGET', KEYS[1], 'd') or ''
 end
-redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'v', ARGV[2], 'd', ARGV[3], 'a', ARGV[4], 'i', ARGV[5], 'x', ARGV[6])
 redis.call('PEXPIREAT', KEYS[1], ARGV[7])
 return 1
@@ -47,7 +49,8 @@ enum Conn {
 /// A store on Redis.
 #[derive(Clone)]
 pub struct RedisStore {
-    conn: Conn,
+    conns: std::sync::Arc<[Conn]>,
+    next: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     prefix: String,
     save: Script,
     touch: Script,
@@ -64,21 +67,32 @@ impl std::fmt::Debug for RedisStore {
 impl RedisStore {
     /// Connects to a single Redis node (`redis://host:port/db`) through a
     /// [`ConnectionManager`], which reconnects by itself after failures.
+    /// Opens [`DEFAULT_CONNECTIONS`] connections, used in turn.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::connect_with(url, DEFAULT_CONNECTIONS).await
+    }
+
+    /// Connects to a single Redis node with `connections` (at least one)
+    /// [`ConnectionManager`]s, used in turn.
+    pub async fn connect_with(url: &str, connections: usize) -> Result<Self, StoreError> {
         let client = redis::Client::open(url).map_err(StoreError::Redis)?;
         let cfg = ConnectionManagerConfig::new()
             .set_number_of_retries(1)
             .set_max_delay(std::time::Duration::from_millis(500))
             .set_connection_timeout(Some(std::time::Duration::from_millis(500)));
-        let cm = ConnectionManager::new_with_config(client, cfg)
-            .await
-            .map_err(StoreError::Redis)?;
-        Ok(Self::with_manager(cm))
+        let mut conns = Vec::with_capacity(connections.max(1));
+        for _ in 0..connections.max(1) {
+            let cm = ConnectionManager::new_with_config(client.clone(), cfg.clone())
+                .await
+                .map_err(StoreError::Redis)?;
+            conns.push(Conn::Single(cm));
+        }
+        Ok(Self::build(conns))
     }
 
     /// Uses an existing [`ConnectionManager`].
     pub fn with_manager(cm: ConnectionManager) -> Self {
-        Self::build(Conn::Single(cm))
+        Self::build(vec![Conn::Single(cm)])
     }
 
     /// Connects to a Redis Cluster given some of its nodes' URLs.
@@ -89,12 +103,13 @@ impl RedisStore {
             .get_async_connection()
             .await
             .map_err(StoreError::Redis)?;
-        Ok(Self::build(Conn::Cluster(c)))
+        Ok(Self::build(vec![Conn::Cluster(c)]))
     }
 
-    fn build(conn: Conn) -> Self {
+    fn build(conns: Vec<Conn>) -> Self {
         RedisStore {
-            conn,
+            conns: conns.into(),
+            next: Default::default(),
             prefix: DEFAULT_PREFIX.to_owned(),
             save: Script::new(SAVE),
             touch: Script::new(TOUCH),
@@ -112,7 +127,8 @@ impl RedisStore {
     }
 
     fn conn(&self) -> Conn {
-        self.conn.clone()
+        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.conns[i % self.conns.len()].clone()
     }
 }
 
