@@ -134,6 +134,8 @@ interval = "500ms"
 timeout = "400ms"
 rise = 1
 fall = 1
+# A crashed shop is restarted after 5 s: let it back in soon after.
+passive_backoff = "2s"
 
 {servers}"#,
         admin = p.admin,
