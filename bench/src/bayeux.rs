@@ -15,7 +15,7 @@ mod load;
 mod wire;
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -135,7 +135,7 @@ struct Row {
 /// Runs the benchmark and prints the table and the JSON line.
 pub fn run(args: Args) -> Result<(), BenchError> {
     let _ = rlimit::increase_nofile_limit(u64::MAX);
-    let remora = find_remora(args.remora_bin.as_deref()).ok_or_else(|| {
+    let remora = crate::proc::find_remora(args.remora_bin.as_deref()).ok_or_else(|| {
         BenchError::Setup(
             "remora release binary not found: build it with `cargo build --release -p remora` \
              or pass --remora-bin"
@@ -376,23 +376,4 @@ fn json(args: &Args, rows: &[Row], held: &[(Server, hold::Outcome)]) -> String {
         ("publish_rate", report::num(Some(args.rate))),
         ("duration_s", report::num(Some(args.duration.as_secs_f64()))),
     ])
-}
-
-fn find_remora(flag: Option<&Path>) -> Option<PathBuf> {
-    if let Some(path) = flag {
-        return Some(path.to_owned());
-    }
-    let beside = std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent().map(|d| d.join("remora")));
-    let target_dir =
-        std::env::var_os("CARGO_TARGET_DIR").map(|d| PathBuf::from(d).join("release/remora"));
-    [
-        beside,
-        target_dir,
-        Some(PathBuf::from("target/release/remora")),
-    ]
-    .into_iter()
-    .flatten()
-    .find(|p| p.is_file())
 }

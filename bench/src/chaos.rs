@@ -165,7 +165,7 @@ pub fn run(args: Args) -> Result<(), BenchError> {
             "need at least one shopper and two backends".into(),
         ));
     }
-    let bin = find_remora(args.remora.as_deref()).ok_or_else(|| {
+    let bin = crate::proc::find_remora(args.remora.as_deref()).ok_or_else(|| {
         BenchError::Setup(
             "no remora binary: run `cargo build --release -p remora` or pass --remora".into(),
         )
@@ -550,26 +550,6 @@ fn forget_redis_keys(redis: &str, pool: &str) {
             .args(batch)
             .output();
     }
-}
-
-fn find_remora(flag: Option<&Path>) -> Option<PathBuf> {
-    if let Some(path) = flag {
-        return Some(path.to_owned());
-    }
-    let beside = std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent().map(|d| d.join("remora")));
-    let target_dir =
-        std::env::var_os("CARGO_TARGET_DIR").map(|d| PathBuf::from(d).join("release/remora"));
-    [
-        std::env::var_os("REMORA_BIN").map(PathBuf::from),
-        beside,
-        target_dir,
-        Some(PathBuf::from("target/release/remora")),
-    ]
-    .into_iter()
-    .flatten()
-    .find(|p| p.is_file())
 }
 
 fn io_err(what: String) -> impl FnOnce(std::io::Error) -> BenchError {

@@ -243,6 +243,28 @@ pub fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// The `remora` binary to benchmark: `flag`, else `$REMORA_BIN`, else beside
+/// this binary, else `$CARGO_TARGET_DIR/release/remora`, else `target/release/remora`.
+pub fn find_remora(flag: Option<&Path>) -> Option<PathBuf> {
+    if let Some(path) = flag {
+        return Some(path.to_owned());
+    }
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|d| d.join("remora")));
+    let target_dir =
+        std::env::var_os("CARGO_TARGET_DIR").map(|d| PathBuf::from(d).join("release/remora"));
+    [
+        std::env::var_os("REMORA_BIN").map(PathBuf::from),
+        beside,
+        target_dir,
+        Some(PathBuf::from("target/release/remora")),
+    ]
+    .into_iter()
+    .flatten()
+    .find(|p| p.is_file())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

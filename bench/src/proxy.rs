@@ -141,7 +141,7 @@ pub fn run(args: Args) -> Result<(), BenchError> {
         connections: args.connections,
         duration: *args.duration,
     };
-    let remora_bin = find_remora(args.remora_bin.as_deref());
+    let remora_bin = crate::proc::find_remora(args.remora_bin.as_deref());
     if remora_bin.is_none() {
         eprintln!(
             "remora release binary not found: build it with `cargo build --release -p remora` \
@@ -294,25 +294,6 @@ fn check_tools() -> Result<(PathBuf, PathBuf), BenchError> {
             )))
         }
     }
-}
-
-fn find_remora(flag: Option<&Path>) -> Option<PathBuf> {
-    if let Some(path) = flag {
-        return Some(path.to_owned());
-    }
-    let beside = std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent().map(|d| d.join("remora")));
-    let target_dir =
-        std::env::var_os("CARGO_TARGET_DIR").map(|d| PathBuf::from(d).join("release/remora"));
-    [
-        beside,
-        target_dir,
-        Some(PathBuf::from("target/release/remora")),
-    ]
-    .into_iter()
-    .flatten()
-    .find(|p| p.is_file())
 }
 
 fn io_err(what: String) -> impl FnOnce(std::io::Error) -> BenchError {
