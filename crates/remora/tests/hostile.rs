@@ -424,8 +424,8 @@ fn rss_kb(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-const HANDSHAKES: usize = 2000;
-/// How much the shops together may grow for 2,000 idle Bayeux clients.
+const HANDSHAKES: usize = 10_000;
+/// How much the shops together may grow for 10,000 idle Bayeux clients.
 const HANDSHAKE_RSS_BOUND_KB: u64 = 64 * 1024;
 
 async fn handshakes_without_connect(base: &str, shops: &[Shop]) -> u64 {
