@@ -11,6 +11,7 @@
 
 mod bayeux;
 mod chaos;
+mod failover;
 mod http;
 mod idle;
 mod proc;
@@ -37,6 +38,8 @@ enum Bench {
     Bayeux(bayeux::Args),
     /// Shoppers while shop servers are killed: what is lost, per mode.
     Chaos(chaos::Args),
+    /// Time a replica restore adds to the first request after a failover.
+    Failover(failover::Args),
     /// Requests/s, latency and memory: direct, Remora, HAProxy, nginx.
     Proxy(proxy::Args),
     /// Session layer: remora-session vs tower-sessions, Redis and memory.
@@ -82,6 +85,7 @@ fn main() -> ExitCode {
     let result = match cli.bench {
         Bench::Bayeux(args) => bayeux::run(args),
         Bench::Chaos(args) => chaos::run(args),
+        Bench::Failover(args) => failover::run(args),
         Bench::Proxy(args) => proxy::run(args),
         Bench::Sessions(args) => sessions::run(args),
     };
