@@ -5,7 +5,6 @@
 
 mod serve_support;
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -83,45 +82,7 @@ fn setup() -> Setup {
     }
 }
 
-/// Cookies and the newest replica, kept as `js/remora-client` keeps them.
-#[derive(Default, Clone)]
-struct Jar {
-    cookies: BTreeMap<String, String>,
-    replica: Option<(String, u64)>,
-}
-
 impl Jar {
-    fn header(&self) -> String {
-        self.cookies
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join("; ")
-    }
-
-    fn absorb(&mut self, r: &Resp) {
-        for v in r.headers.get_all(http::header::SET_COOKIE) {
-            let Ok(text) = v.to_str() else { continue };
-            let Some((k, val)) = text.split(';').next().and_then(|p| p.split_once('=')) else {
-                continue;
-            };
-            if val.is_empty() || text.contains("Max-Age=0") {
-                self.cookies.remove(k);
-            } else {
-                self.cookies.insert(k.to_owned(), val.to_owned());
-            }
-        }
-        let seq = r
-            .headers
-            .get("session-replica-seq")
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        if let (Some(rep), Some(seq)) = (r.headers.get("session-replica"), seq)
-            && self.replica.as_ref().is_none_or(|(_, s)| seq >= *s)
-        {
-            self.replica = Some((rep.to_str().expect("ascii replica").to_owned(), seq));
-        }
-    }
-
     /// One request with the replica protocol (capable mark; one resend
     /// with the replica on `409` + `Session-Replica-Wanted`).
     async fn send(

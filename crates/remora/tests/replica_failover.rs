@@ -5,7 +5,6 @@
 
 mod serve_support;
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -86,43 +85,9 @@ fn setup(extra: &[&str]) -> Setup {
 }
 
 /// A client's cookies and replica, as `js/remora-client` keeps them.
-#[derive(Default)]
-struct Client {
-    jar: BTreeMap<String, String>,
-    replica: Option<(String, u64)>,
-}
+type Client = Jar;
 
-impl Client {
-    fn cookie_header(&self) -> String {
-        self.jar
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join("; ")
-    }
-
-    fn absorb(&mut self, r: &Resp) {
-        for v in r.headers.get_all(http::header::SET_COOKIE) {
-            let pair = v.to_str().unwrap().split(';').next().unwrap();
-            let (k, val) = pair.split_once('=').unwrap();
-            if val.is_empty() || v.to_str().unwrap().contains("Max-Age=0") {
-                self.jar.remove(k);
-            } else {
-                self.jar.insert(k.to_owned(), val.to_owned());
-            }
-        }
-        if let Some(rep) = r.headers.get("session-replica") {
-            let seq = r.headers["session-replica-seq"]
-                .to_str()
-                .unwrap()
-                .parse()
-                .unwrap();
-            if self.replica.as_ref().is_none_or(|(_, s)| seq >= *s) {
-                self.replica = Some((rep.to_str().unwrap().to_owned(), seq));
-            }
-        }
-    }
-
+impl Jar {
     async fn send(
         &mut self,
         c: &HttpClient,
@@ -132,7 +97,7 @@ impl Client {
         extra: &[(&str, &str)],
         body: &str,
     ) -> Resp {
-        let cookie = self.cookie_header();
+        let cookie = self.header();
         let mut headers: Vec<(&str, &str)> =
             vec![("cookie", &cookie), ("content-type", "application/json")];
         headers.extend_from_slice(extra);
@@ -252,10 +217,10 @@ async fn a_parked_page_load_is_released_by_the_replica() {
     let c = client();
     let mut me = Client::default();
     shop_then_crash(&mut s, &c, &mut me).await;
-    me.jar.insert("remora_replica_held".into(), "1".into());
+    me.cookies.insert("remora_replica_held".into(), "1".into());
     // A page navigation: no capable mark, no replica; it parks on the new shop.
     let url = format!("http://{}/api/cart", s.remora.addr);
-    let cookie = me.cookie_header();
+    let cookie = me.header();
     let c2 = c.clone();
     let nav =
         tokio::spawn(async move { request(&c2, "GET", &url, &[("cookie", &cookie)], "").await });
@@ -319,9 +284,9 @@ async fn cookie_carriage_restores_with_no_script_at_all() {
     let mut me = Client::default();
     shop_then_crash(&mut s, &c, &mut me).await;
     assert!(
-        me.jar.keys().any(|k| k.starts_with("remora_replica.")),
+        me.cookies.keys().any(|k| k.starts_with("remora_replica.")),
         "{:?}",
-        me.jar.keys()
+        me.cookies.keys()
     );
     let resp = me.send(&c, &s.remora, "GET", "/api/cart", &[], "").await;
     let cart: serde_json::Value = serde_json::from_str(&resp.body).unwrap();

@@ -334,3 +334,45 @@ where
     }
     false
 }
+
+/// Cookies and the newest replica, kept as `js/remora-client` keeps them.
+#[derive(Default, Clone)]
+pub struct Jar {
+    pub cookies: std::collections::BTreeMap<String, String>,
+    pub replica: Option<(String, u64)>,
+}
+
+impl Jar {
+    /// The `Cookie` header for the next request.
+    pub fn header(&self) -> String {
+        self.cookies
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    /// Takes `Set-Cookie`s and a newer `Session-Replica` from a response.
+    pub fn absorb(&mut self, r: &Resp) {
+        for v in r.headers.get_all(http::header::SET_COOKIE) {
+            let Ok(text) = v.to_str() else { continue };
+            let Some((k, val)) = text.split(';').next().and_then(|p| p.split_once('=')) else {
+                continue;
+            };
+            if val.is_empty() || text.contains("Max-Age=0") {
+                self.cookies.remove(k);
+            } else {
+                self.cookies.insert(k.to_owned(), val.to_owned());
+            }
+        }
+        let seq = r
+            .headers
+            .get("session-replica-seq")
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if let (Some(rep), Some(seq)) = (r.headers.get("session-replica"), seq)
+            && self.replica.as_ref().is_none_or(|(_, s)| seq >= *s)
+        {
+            self.replica = Some((rep.to_str().expect("ascii replica").to_owned(), seq));
+        }
+    }
+}
