@@ -183,31 +183,7 @@ async fn demo(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     std::fs::write(&config_path, balancer_config(&args, &p))?;
     let config = Config::load(&config_path)?;
     let exe = std::env::current_exe()?;
-    let mut shop_args = vec![
-        "--keys".to_owned(),
-        path_arg(&p.keys),
-        "--store".to_owned(),
-        match args.store {
-            StoreKind::Memory => "memory",
-            StoreKind::Redb => "redb",
-            StoreKind::Redis => "redis",
-        }
-        .to_owned(),
-        "--redis".to_owned(),
-        args.redis.clone(),
-        "--idle-timeout".to_owned(),
-        humantime::format_duration(args.idle_timeout).to_string(),
-        "--admin".to_owned(),
-        format!("http://{}", p.admin),
-        "--admin-token".to_owned(),
-        p.token.clone(),
-        "--pool".to_owned(),
-        "shop".to_owned(),
-    ];
-    if args.store == StoreKind::Redb {
-        shop_args.push("--redb-dir".to_owned());
-        shop_args.push(path_arg(p.dir.path()));
-    }
+    let shop_args = shop_args(&args, &p.keys, p.admin, &p.token, p.dir.path());
     let supervisors: Vec<_> = p
         .shops
         .iter()
@@ -236,6 +212,67 @@ async fn demo(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     result.map_err(|e| e.into())
 }
 
+/// The arguments every shop gets besides its name and port.
+fn shop_args(args: &Args, keys: &Path, admin: SocketAddr, token: &str, dir: &Path) -> Vec<String> {
+    // `--flag=value`: a base64url token or key may start with `-`, which a
+    // separate argument would make look like a flag.
+    let store = match args.store {
+        StoreKind::Memory => "memory",
+        StoreKind::Redb => "redb",
+        StoreKind::Redis => "redis",
+    };
+    let mut out = vec![
+        format!("--keys={}", path_arg(keys)),
+        format!("--store={store}"),
+        format!("--redis={}", args.redis),
+        format!(
+            "--idle-timeout={}",
+            humantime::format_duration(args.idle_timeout)
+        ),
+        format!("--admin=http://{admin}"),
+        format!("--admin-token={token}"),
+        "--pool=shop".to_owned(),
+    ];
+    if args.store == StoreKind::Redb {
+        out.push(format!("--redb-dir={}", path_arg(dir)));
+    }
+    out
+}
+
 fn path_arg(p: &Path) -> String {
     p.to_string_lossy().into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[test]
+    fn shop_arguments_survive_a_token_that_starts_with_a_dash() {
+        let cli =
+            crate::Cli::try_parse_from(["remora", "demo", "--store", "redb"]).expect("demo args");
+        let crate::Command::Demo(args) = cli.command else {
+            panic!("not demo");
+        };
+        let admin = SocketAddr::from(([127, 0, 0, 1], 9090));
+        let extra = shop_args(
+            &args,
+            Path::new("/k/remora.keys"),
+            admin,
+            "-9token",
+            Path::new("/d"),
+        );
+        let line = ["remora", "demo-app", "--name", "b1", "--port", "1"]
+            .into_iter()
+            .map(String::from)
+            .chain(extra);
+        let cli = crate::Cli::try_parse_from(line).expect("a shop's command line parses");
+        let crate::Command::DemoApp(app) = cli.command else {
+            panic!("not demo-app");
+        };
+        assert_eq!(app.admin_token.as_deref(), Some("-9token"));
+        assert_eq!(app.redb_dir, Some(PathBuf::from("/d")));
+    }
 }
