@@ -484,6 +484,11 @@ fn print_table(args: &Args, load: &load::Load, outcomes: &[(AppKind, Outcome)]) 
     {
         println!("remora/tower on Redis: {:.2}x req/s", r / t);
     }
+    if let (Some(r), Some(t)) = (rps(AppKind::RemoraRedisNocache), rps(AppKind::TowerRedis))
+        && t > 0.0
+    {
+        println!("remora (no near cache)/tower on Redis: {:.2}x req/s", r / t);
+    }
 }
 
 fn json_line(outcomes: &[(AppKind, Outcome)]) -> String {
@@ -504,6 +509,14 @@ fn json_line(outcomes: &[(AppKind, Outcome)]) -> String {
         ("tower_memory_rps", pick(AppKind::TowerMemory, rps)),
         ("remora_redis_p99_ms", pick(AppKind::RemoraRedis, p99)),
         ("tower_redis_p99_ms", pick(AppKind::TowerRedis, p99)),
+        (
+            "remora_redis_nocache_rps",
+            pick(AppKind::RemoraRedisNocache, rps),
+        ),
+        (
+            "remora_redis_nocache_p99_ms",
+            pick(AppKind::RemoraRedisNocache, p99),
+        ),
     ])
 }
 
@@ -543,7 +556,7 @@ mod tests {
         let line = json_line(&outcomes);
         assert_eq!(
             line,
-            r#"{"bench":"sessions","remora_redis_rps":2000.0,"tower_redis_rps":null,"remora_memory_rps":null,"tower_memory_rps":null,"remora_redis_p99_ms":4.0,"tower_redis_p99_ms":null}"#
+            r#"{"bench":"sessions","remora_redis_rps":2000.0,"tower_redis_rps":null,"remora_memory_rps":null,"tower_memory_rps":null,"remora_redis_p99_ms":4.0,"tower_redis_p99_ms":null,"remora_redis_nocache_rps":null,"remora_redis_nocache_p99_ms":null}"#
         );
     }
 

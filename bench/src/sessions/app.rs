@@ -27,8 +27,12 @@ const IDLE: Duration = Duration::from_secs(10 * 60);
 /// Which library and which store an app process uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum AppKind {
-    /// `remora-session` with its `RedisStore`.
+    /// `remora-session` with its `RedisStore` and a near cache (the
+    /// configuration recommended behind a sticky balancer).
     RemoraRedis,
+    /// `remora-session` with its `RedisStore`, no near cache (every request
+    /// reads Redis).
+    RemoraRedisNocache,
     /// `tower-sessions` with `tower-sessions-redis-store` (fred).
     TowerRedis,
     /// `remora-session` with its `MemoryStore`.
@@ -39,8 +43,9 @@ pub enum AppKind {
 
 impl AppKind {
     /// Every variant, in the order they are measured.
-    pub const ALL: [AppKind; 4] = [
+    pub const ALL: [AppKind; 5] = [
         AppKind::RemoraRedis,
+        AppKind::RemoraRedisNocache,
         AppKind::TowerRedis,
         AppKind::RemoraMemory,
         AppKind::TowerMemory,
@@ -50,6 +55,7 @@ impl AppKind {
     pub fn name(self) -> &'static str {
         match self {
             AppKind::RemoraRedis => "remora-redis",
+            AppKind::RemoraRedisNocache => "remora-redis-nocache",
             AppKind::TowerRedis => "tower-redis",
             AppKind::RemoraMemory => "remora-memory",
             AppKind::TowerMemory => "tower-memory",
@@ -58,7 +64,10 @@ impl AppKind {
 
     /// Whether this variant keeps its sessions in Redis.
     pub fn uses_redis(self) -> bool {
-        matches!(self, AppKind::RemoraRedis | AppKind::TowerRedis)
+        matches!(
+            self,
+            AppKind::RemoraRedis | AppKind::RemoraRedisNocache | AppKind::TowerRedis
+        )
     }
 }
 
@@ -138,11 +147,13 @@ pub async fn build(cfg: &AppConfig) -> Result<Router, BenchError> {
     Ok(match cfg.kind {
         AppKind::RemoraMemory => remora_app(remora_session::MemoryStore::new()),
         AppKind::TowerMemory => tower_app(tower_sessions::MemoryStore::default()),
-        AppKind::RemoraRedis => {
-            let store = remora_session::store::RedisStore::connect(&cfg.redis)
-                .await
-                .map_err(|e| setup("connect")(&e))?
-                .with_prefix(cfg.prefix.clone());
+        AppKind::RemoraRedis | AppKind::RemoraRedisNocache => {
+            let mut b =
+                remora_session::store::RedisStore::builder(&cfg.redis).prefix(cfg.prefix.clone());
+            if cfg.kind == AppKind::RemoraRedis {
+                b = b.near_cache(remora_session::store::NearCache::new(100_000));
+            }
+            let store = b.connect().await.map_err(|e| setup("connect")(&e))?;
             remora_app(store)
         }
         AppKind::TowerRedis => {

@@ -23,6 +23,10 @@ pub enum StoreError {
     /// one fails with it instead of waiting another timeout.
     #[error("the session store just failed for a concurrent request on this session")]
     Unavailable,
+    /// A stored value is not in the store's format (written by something
+    /// else, or damaged).
+    #[error("stored session value is malformed: {0}")]
+    Malformed(&'static str),
     /// Too many compare-and-set conflicts in a row.
     #[error("gave up after {0} conflicting concurrent writes")]
     Contention(u32),

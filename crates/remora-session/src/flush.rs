@@ -151,42 +151,41 @@ async fn save(shared: &Arc<Shared>, headers: &mut HeaderMap) -> Result<(), Store
             h.on_invalidated(id, headers);
         }
     }
+    // The size metric costs a serialization pass: outside the lock.
+    let size = saved.as_ref().map(Record::encoded_len);
     let mut st = shared.state.lock();
     st.delete_ids.retain(|d| !delete_ids.contains(d));
     st.invalidated = false;
     st.changes.retain(|_, (seq, _)| *seq > snap_seq);
     if let Some(rec) = saved {
         let created = st.stored_version == 0 && !st.restored && expected == 0;
-        let size = rec.encoded_len();
         ctx.metrics.saved.inc();
-        ctx.metrics.size.observe(size as f64);
+        ctx.metrics.size.observe(size.unwrap_or(0) as f64);
         if created {
             ctx.metrics.created.inc();
         }
-        // Adopt the saved record, re-applying changes made meanwhile.
-        let pending: Vec<(String, Change)> = st
-            .changes
-            .iter()
-            .map(|(k, (_, c))| (k.clone(), c.clone()))
-            .collect();
-        let mut mine = rec.clone();
-        for (k, c) in pending {
-            match c {
-                Change::Set(a) => {
-                    mine.attributes.insert(k, a);
-                }
-                Change::Removed => {
-                    mine.attributes.remove(&k);
+        // Adopt the saved record, re-applying changes made meanwhile. The
+        // record itself moves in; the hooks (replicas) get a copy only when
+        // there are hooks.
+        let for_hooks = ctx.hooks.as_ref().map(|_| rec.clone());
+        if st.record.id == rec.id {
+            let mut mine = rec;
+            for (k, (_, c)) in st.changes.iter() {
+                match c {
+                    Change::Set(a) => {
+                        mine.attributes.insert(k.clone(), a.clone());
+                    }
+                    Change::Removed => {
+                        mine.attributes.remove(k);
+                    }
                 }
             }
-        }
-        if st.record.id == rec.id {
-            st.stored_version = rec.version;
+            st.stored_version = mine.version;
             st.record = mine;
             st.force_save = false;
         }
         drop(st);
-        if let Some(h) = &ctx.hooks {
+        if let (Some(h), Some(rec)) = (&ctx.hooks, for_hooks) {
             h.on_saved(&rec, headers);
         }
     } else if write {

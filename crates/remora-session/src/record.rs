@@ -137,9 +137,11 @@ impl Record {
 
     /// Serialized size in bytes (the size the limit applies to).
     pub fn encoded_len(&self) -> usize {
-        serde_json::to_vec(self)
-            .map(|v| v.len())
-            .unwrap_or(usize::MAX)
+        let mut n = ByteCount(0);
+        match serde_json::to_writer(&mut n, self) {
+            Ok(()) => n.0,
+            Err(_) => usize::MAX,
+        }
     }
 
     /// Serializes the record as JSON.
@@ -160,6 +162,20 @@ impl Record {
             .saturating_add(idle_ms)
             .min(self.absolute_deadline)
             .max(self.idle_deadline);
+    }
+}
+
+/// A writer that only counts bytes (sizes without allocating).
+struct ByteCount(usize);
+
+impl std::io::Write for ByteCount {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 = self.0.saturating_add(buf.len());
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

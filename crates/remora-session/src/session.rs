@@ -441,13 +441,16 @@ impl Session {
         };
         let limit = self.shared.ctx.cfg.size_limit;
         let mut st = self.shared.state.lock();
-        let mut probe = st.record.clone();
-        probe.attributes.insert(key.to_owned(), attr.clone());
-        let size = probe.encoded_len();
+        // Try it in place; put the old value back if it does not fit.
+        let old = st.record.attributes.insert(key.to_owned(), attr.clone());
+        let size = st.record.encoded_len();
         if size > limit {
+            match old {
+                Some(a) => st.record.attributes.insert(key.to_owned(), a),
+                None => st.record.attributes.remove(key),
+            };
             return Err(SessionError::TooLarge { size, limit });
         }
-        st.record.attributes.insert(key.to_owned(), attr.clone());
         st.change(key, Change::Set(attr));
         drop(st);
         self.local.lock().modified = true;

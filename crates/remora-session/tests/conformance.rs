@@ -592,6 +592,23 @@ conformance!(redis, true, async {
     }
 });
 
+conformance!(redis_near_cache, true, async {
+    let (url, keep) = common::redis()?;
+    let prefix = format!("{}:", common::unique("n"));
+    match remora_session::store::RedisStore::builder(&url)
+        .prefix(prefix)
+        .near_cache(remora_session::store::NearCache::new(1000))
+        .connect()
+        .await
+    {
+        Ok(s) => Some((Arc::new(s) as Arc<dyn Store>, Box::new(keep) as Keep)),
+        Err(e) => {
+            common::skip(&format!("redis at {url}: {e}"));
+            None
+        }
+    }
+});
+
 conformance!(redis_cluster, true, async {
     let Some(cluster) = common::PrivateRedisCluster::start() else {
         common::skip(

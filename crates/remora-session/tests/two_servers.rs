@@ -64,6 +64,24 @@ async fn redis_two_servers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_two_servers_with_near_caches() {
+    let Some((url, _keep)) = common::redis() else {
+        return;
+    };
+    let prefix = format!("{}:", common::unique("twonear"));
+    let connect = || async {
+        remora_session::store::RedisStore::builder(&url)
+            .prefix(&prefix)
+            .near_cache(remora_session::store::NearCache::new(100))
+            .connect()
+            .await
+            .expect("redis")
+    };
+    let (a, b) = (connect().await, connect().await);
+    both_items_survive(Arc::new(a), Arc::new(b)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_two_servers() {
     let Some((url, _keep)) = common::postgres() else {
         return;

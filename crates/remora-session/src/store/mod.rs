@@ -26,7 +26,7 @@ pub use postgres::{InvalidTableName, PostgresStore};
 #[cfg(feature = "redb")]
 pub use redb::RedbStore;
 #[cfg(feature = "redis")]
-pub use redis::RedisStore;
+pub use redis::{NearCache, NearCacheStats, RedisStore, RedisStoreBuilder};
 
 /// A boxed, sendable future: what every [`Store`] method returns, so that
 /// `Arc<dyn Store>` works.
