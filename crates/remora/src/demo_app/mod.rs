@@ -68,6 +68,11 @@ pub struct Args {
     /// Redis URL for `--store redis`.
     #[arg(long, default_value = "redis://127.0.0.1:6379")]
     pub redis: String,
+    /// With `--store redis`: sessions kept in process memory between
+    /// requests, dropped when Redis announces a change by another server
+    /// (0 = no near cache: every request reads Redis).
+    #[arg(long, default_value_t = 10_000)]
+    pub redis_near_cache: usize,
     /// Directory for `--store redb`: the file is `NAME.redb` there (default: the temp dir).
     #[arg(long)]
     pub redb_dir: Option<PathBuf>,
@@ -203,11 +208,16 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             remora_session::store::spawn_sweeper(s.clone(), Duration::from_secs(60));
             s
         }
-        StoreKind::Redis => Arc::new(
-            remora_session::store::RedisStore::connect(&args.redis)
-                .await?
-                .with_prefix(format!("remora:demo:{}:", args.pool)),
-        ),
+        StoreKind::Redis => {
+            let mut b = remora_session::store::RedisStore::builder(&args.redis)
+                .prefix(format!("remora:demo:{}:", args.pool));
+            if args.redis_near_cache > 0 {
+                b = b.near_cache(remora_session::store::NearCache::new(
+                    args.redis_near_cache,
+                ));
+            }
+            Arc::new(b.connect().await?)
+        }
     };
     let mut registry = Registry::default();
     let mut layer = SessionLayer::from_arc(store)
