@@ -47,8 +47,8 @@ pub struct Args {
     /// Redis for both libraries' Redis stores (never flushed).
     #[arg(long, default_value = "redis://127.0.0.1:6379")]
     redis: String,
-    /// Connections in tower-sessions' fred pool (Remora uses one
-    /// multiplexed `ConnectionManager`).
+    /// Connections in tower-sessions' fred pool (Remora's `RedisStore`
+    /// opens its default of 4 multiplexed connections).
     #[arg(long, default_value_t = 4)]
     tower_pool: usize,
     /// Measure every app this many times, interleaved, and report each

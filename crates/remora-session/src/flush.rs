@@ -107,7 +107,10 @@ async fn save(shared: &Arc<Shared>, headers: &mut HeaderMap) -> Result<(), Store
             st.invalidated,
         )
     };
-    let write = !(rec.attributes.is_empty() && expected == 0);
+    // Every path that lets data in gives the record an ID; never write one
+    // without.
+    let nothing_to_write = rec.attributes.is_empty() && expected == 0;
+    let write = !nothing_to_write && !rec.id.is_empty();
     let mut saved: Option<Record> = None;
     if write {
         rec.purge_expired_attributes(now);

@@ -109,6 +109,16 @@ impl Ctx {
         }
     }
 
+    /// An empty record without an ID yet (see [`State::ensure_id`]).
+    fn placeholder_record(&self) -> Record {
+        Record::new(
+            String::new(),
+            now_ms(),
+            ms(self.cfg.idle_timeout),
+            ms(self.cfg.absolute_lifetime),
+        )
+    }
+
     pub fn fresh_record(&self) -> Record {
         Record::new(
             crate::id::new_id(),
@@ -130,7 +140,12 @@ impl Ctx {
         let s = Arc::new(Shared {
             ctx: self.clone(),
             incoming_id: id.clone(),
-            state: Mutex::new(State::new(self.fresh_record())),
+            // A presented ID is usually loaded: the random ID a fresh
+            // session needs is only drawn if it is not (`State::ensure_id`).
+            state: Mutex::new(State::new(match id {
+                Some(_) => self.placeholder_record(),
+                None => self.fresh_record(),
+            })),
             load_lock: tokio::sync::Mutex::new(()),
             load_failures: AtomicUsize::new(0),
             save_lock: tokio::sync::Mutex::new(()),
@@ -184,6 +199,14 @@ pub(crate) struct State {
 }
 
 impl State {
+    /// Gives a record that has no ID yet (a presented ID not loaded, or
+    /// not found) a fresh random one.
+    pub(crate) fn ensure_id(&mut self) {
+        if self.record.id.is_empty() {
+            self.record.id = crate::id::new_id();
+        }
+    }
+
     fn new(record: Record) -> Self {
         State {
             loaded: false,
@@ -328,6 +351,7 @@ impl Shared {
                 tracing::debug!("unknown or expired session id; starting a fresh session");
                 ctx.metrics.expired.inc();
                 let mut st = self.state.lock();
+                st.ensure_id();
                 st.was_expired = true;
                 st.loaded = true;
                 Ok(None)
@@ -337,7 +361,9 @@ impl Shared {
                 local.lock().store_error = true;
                 match ctx.cfg.on_store_failure {
                     OnStoreFailure::FreshSession => {
-                        self.state.lock().loaded = true;
+                        let mut st = self.state.lock();
+                        st.ensure_id();
+                        st.loaded = true;
                         Ok(None)
                     }
                     OnStoreFailure::Unavailable { .. } => Err(SessionError::Store(e)),
@@ -389,7 +415,9 @@ impl Session {
     /// The session ID. For a session that does not exist yet this is the ID
     /// it will get if data is inserted during this request.
     pub fn id(&self) -> String {
-        self.shared.state.lock().record.id.clone()
+        let mut st = self.shared.state.lock();
+        st.ensure_id();
+        st.record.id.clone()
     }
 
     /// Whether this session object has unsaved changes.
@@ -402,7 +430,7 @@ impl Session {
         self.loaded().await?;
         let st = self.shared.state.lock();
         match st.record.attributes.get(key) {
-            Some(a) if !a.is_expired(now_ms()) => serde_json::from_value(a.value.clone())
+            Some(a) if !a.is_expired(now_ms()) => T::deserialize(&a.value)
                 .map(Some)
                 .map_err(SessionError::Value),
             _ => Ok(None),
