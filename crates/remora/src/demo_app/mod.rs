@@ -212,9 +212,7 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             let mut b = remora_session::store::RedisStore::builder(&args.redis)
                 .prefix(format!("remora:demo:{}:", args.pool));
             if args.redis_near_cache > 0 {
-                b = b.near_cache(remora_session::store::NearCache::new(
-                    args.redis_near_cache,
-                ));
+                b = b.near_cache(remora_session::store::NearCache::new(args.redis_near_cache));
             }
             Arc::new(b.connect().await?)
         }
