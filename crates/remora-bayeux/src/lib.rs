@@ -34,7 +34,7 @@ pub mod message;
 pub mod security;
 pub mod transport;
 
-pub use cluster::ClusterError;
+pub use cluster::{ClusterError, ClusterStatus};
 pub use config::BayeuxConfig;
 pub use engine::{
     Bayeux, ClientEvent, ClientInfo, DeliverError, Listener, PublishError, Published, RemoveReason,

@@ -141,6 +141,7 @@ async fn serve(args: Args, config: FileConfig) -> ExitCode {
         "/health",
         get(move || {
             let s = health.stats();
+            let subscribed = health.cluster_status().map(|r| r.borrow().subscribed);
             async move {
                 axum::Json(serde_json::json!({
                     "status": "ok",
@@ -148,6 +149,10 @@ async fn serve(args: Args, config: FileConfig) -> ExitCode {
                     "published": s.published,
                     "delivered": s.delivered,
                     "dropped": s.dropped,
+                    "cluster_dropped": s.cluster_dropped,
+                    "cluster_publish_errors": s.cluster_publish_errors,
+                    "cluster_outages": s.cluster_outages,
+                    "cluster_subscribed": subscribed,
                 }))
             }
         }),
