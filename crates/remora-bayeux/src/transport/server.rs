@@ -106,9 +106,11 @@ fn parse_head(buf: &[u8], base: &str, max_body: usize) -> Head {
             return Head::HandOff;
         };
         if name == header::CONTENT_LENGTH {
-            let n = std::str::from_utf8(h.value)
-                .ok()
-                .and_then(|s| s.trim().parse::<usize>().ok());
+            // Digits only (`parse` would take a leading `+`).
+            let digits = h.value.trim_ascii();
+            let n = (!digits.is_empty() && digits.iter().all(u8::is_ascii_digit))
+                .then(|| std::str::from_utf8(digits).ok()?.parse::<usize>().ok())
+                .flatten();
             match (body_len, n) {
                 (None, Some(n)) => body_len = Some(n),
                 (Some(a), Some(b)) if a == b => {}
@@ -512,6 +514,8 @@ mod tests {
             "POST /cometd HTTP/1.1\r\nContent-Length: 1001\r\n\r\n",
             "POST /cometd HTTP/1.1\r\n\r\n",
             "POST /cometd HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+            "POST /cometd HTTP/1.1\r\nContent-Length: +2\r\n\r\n",
+            "POST /cometd HTTP/1.1\r\nContent-Length: 2, 2\r\n\r\n",
             "P\x00ST / HTTP/1.1\r\n\r\n",
         ] {
             assert_eq!(classify(other), "hand-off", "{other:?}");
