@@ -45,7 +45,7 @@ const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// Most header fields of a request answered by the own loop.
 const MAX_HEADERS: usize = 64;
 /// How long a connection may wait for (the rest of) a request head or
-/// body before it is closed.
+/// body, or for the client to take a response, before it is closed.
 pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// A request head as the own loop sees it.
@@ -264,11 +264,13 @@ impl Connection {
                 return;
             };
             let close = close || *self.stop.borrow();
-            if write_response(&mut self.stream, response, close)
-                .await
-                .is_err()
-                || close
-            {
+            // A client that stops reading is given up like an idle one.
+            let written = tokio::time::timeout(
+                IDLE_TIMEOUT,
+                write_response(&mut self.stream, response, close),
+            )
+            .await;
+            if !matches!(written, Ok(Ok(()))) || close {
                 let _ = self.stream.shutdown().await;
                 return;
             }
