@@ -1,6 +1,6 @@
 //! The Bayeux engine: clients, subscriptions, the meta channels, publish and
 //! delivery. Transports turn requests into [`Message`]s and call
-//! [`Bayeux::process`]; they hold connects with [`PendingConnect`].
+//! `Bayeux::process`; they hold connects with `PendingConnect`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
