@@ -56,6 +56,9 @@ pub struct Args {
     /// Skip the WebSocket runs.
     #[arg(long)]
     no_websocket: bool,
+    /// Only the held-clients memory measurement (no throughput runs).
+    #[arg(long)]
+    only_hold: bool,
     /// Skip Faye (Remora only; its keys are then `null`).
     #[arg(long)]
     no_faye: bool,
@@ -181,7 +184,9 @@ pub fn run(args: Args) -> Result<(), BenchError> {
     } else {
         vec![Server::Remora, Server::Faye]
     };
-    let transports: Vec<Transport> = if args.no_websocket {
+    let transports: Vec<Transport> = if args.only_hold {
+        vec![]
+    } else if args.no_websocket {
         vec![Transport::LongPolling]
     } else {
         vec![Transport::LongPolling, Transport::WebSocket]

@@ -1,6 +1,6 @@
 //! The Bayeux engine: clients, subscriptions, the meta channels, publish and
 //! delivery. Transports turn requests into [`Message`]s and call
-//! [`Bayeux::process`]; they hold connects with [`PendingConnect`].
+//! `Bayeux::process`; they hold connects with `PendingConnect`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -105,6 +105,10 @@ pub struct Stats {
     pub dropped: u64,
     /// Publishes not sent to Redis because the cluster queue was full.
     pub cluster_dropped: u64,
+    /// `PUBLISH` attempts to Redis that failed (each is retried).
+    pub cluster_publish_errors: u64,
+    /// Times the Redis subscription was lost (see [`Bayeux::cluster_status`]).
+    pub cluster_outages: u64,
 }
 
 /// Public facts about a Bayeux client.
@@ -127,11 +131,12 @@ pub struct ClientInfo {
 }
 
 #[derive(Default)]
-struct Counters {
+pub(crate) struct Counters {
     published: AtomicU64,
     delivered: AtomicU64,
     dropped: AtomicU64,
     cluster_dropped: AtomicU64,
+    pub(crate) cluster_publish_errors: AtomicU64,
 }
 
 pub(crate) struct Inner {
@@ -143,7 +148,7 @@ pub(crate) struct Inner {
     security: RwLock<Arc<dyn SecurityPolicy>>,
     browsers: Arc<Mutex<HashMap<Arc<str>, usize>>>,
     events: broadcast::Sender<ClientEvent>,
-    counters: Counters,
+    pub(crate) counters: Counters,
     pub(crate) cluster: std::sync::OnceLock<crate::cluster::Link>,
 }
 
@@ -295,6 +300,12 @@ impl Bayeux {
             delivered: c.delivered.load(Ordering::Relaxed),
             dropped: c.dropped.load(Ordering::Relaxed),
             cluster_dropped: c.cluster_dropped.load(Ordering::Relaxed),
+            cluster_publish_errors: c.cluster_publish_errors.load(Ordering::Relaxed),
+            cluster_outages: self
+                .inner
+                .cluster
+                .get()
+                .map_or(0, |l| l.status.borrow().outages),
         }
     }
 

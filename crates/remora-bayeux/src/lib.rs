@@ -3,9 +3,11 @@
 //!
 //! [`Bayeux`] is the server: create it with a [`BayeuxConfig`], add
 //! [`Extension`]s, a [`SecurityPolicy`] and channel listeners, then mount
-//! [`Bayeux::router`] in an axum app. It speaks `long-polling`,
-//! `callback-polling` and `websocket`; [`Bayeux::join_cluster`] fans
-//! publishes out between nodes through Redis. See `docs/bayeux.md`.
+//! [`Bayeux::router`] in an axum app, or serve it on its own with
+//! [`Bayeux::serve`] (cheapest per held long-polling connect). It speaks
+//! `long-polling`, `callback-polling` and `websocket`;
+//! [`Bayeux::join_cluster`] fans publishes out between nodes through Redis,
+//! and reconnects after Redis outages. See `docs/bayeux.md`.
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
@@ -34,7 +36,7 @@ pub mod message;
 pub mod security;
 pub mod transport;
 
-pub use cluster::ClusterError;
+pub use cluster::{ClusterError, ClusterStatus};
 pub use config::BayeuxConfig;
 pub use engine::{
     Bayeux, ClientEvent, ClientInfo, DeliverError, Listener, PublishError, Published, RemoveReason,

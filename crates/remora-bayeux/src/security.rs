@@ -20,10 +20,19 @@ pub struct RequestContext {
 }
 
 impl RequestContext {
-    /// Builds a context from request parts.
+    /// Builds a context from request parts. Header values are copied, not
+    /// shared: the server's values point into the connection's read buffer,
+    /// which a context kept during a held connect would otherwise keep alive.
     pub fn from_parts(parts: &http::request::Parts) -> Self {
+        let mut headers = HeaderMap::with_capacity(parts.headers.len());
+        for (name, value) in &parts.headers {
+            if let Ok(mut v) = http::HeaderValue::from_bytes(value.as_bytes()) {
+                v.set_sensitive(value.is_sensitive());
+                headers.append(name.clone(), v);
+            }
+        }
         RequestContext {
-            headers: parts.headers.clone(),
+            headers,
             extensions: parts.extensions.clone(),
             remote: parts
                 .extensions

@@ -8,18 +8,80 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::{deliveries, quick, start};
+use remora_bayeux::ClusterStatus;
 use serde_json::json;
 
-/// A private `redis-server`, killed on drop.
+/// A private `redis-server` on a fixed free port, killed on drop; it can
+/// be stopped and started again on the same port.
 struct PrivateRedis {
-    child: Child,
-    _dir: tempfile::TempDir,
+    port: u16,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl PrivateRedis {
+    /// Starts one, or `None` (skip) when `redis-server` cannot be run and
+    /// `REMORA_REQUIRE_SERVICES` is not `1`.
+    async fn start() -> Option<Self> {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+            l.local_addr().expect("local address").port()
+        };
+        let mut r = PrivateRedis {
+            port,
+            child: None,
+            dir,
+        };
+        if let Err(e) = r.resume().await {
+            if std::env::var("REMORA_REQUIRE_SERVICES").as_deref() == Ok("1") {
+                panic!("REMORA_REQUIRE_SERVICES=1 but cannot start redis-server: {e}");
+            }
+            eprintln!("skipping: cannot start redis-server: {e}");
+            return None;
+        }
+        Some(r)
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server (again) on its port and waits until it listens.
+    async fn resume(&mut self) -> std::io::Result<()> {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .current_dir(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        self.child = Some(child);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .is_err()
+        {
+            if tokio::time::Instant::now() > deadline {
+                return Err(std::io::Error::other("redis-server did not start"));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+
+    /// Kills the server (its clients see their connections closed).
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }
 
 impl Drop for PrivateRedis {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
 }
 
@@ -29,48 +91,26 @@ async fn redis() -> Option<(String, Option<PrivateRedis>)> {
     if let Ok(url) = std::env::var("REDIS_URL") {
         return Some((url, None));
     }
-    let dir = tempfile::tempdir().ok()?;
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").ok()?;
-        l.local_addr().ok()?.port()
-    };
-    let child = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .current_dir(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn();
-    let child = match child {
-        Ok(c) => c,
-        Err(e) => {
-            if std::env::var("REMORA_REQUIRE_SERVICES").as_deref() == Ok("1") {
-                panic!("REMORA_REQUIRE_SERVICES=1 but no REDIS_URL and no redis-server: {e}");
-            }
-            eprintln!("skipping: no REDIS_URL and cannot start redis-server: {e}");
-            return None;
-        }
-    };
-    let private = PrivateRedis { child, _dir: dir };
-    let url = format!("redis://127.0.0.1:{port}");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "redis-server did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    let r = PrivateRedis::start().await?;
+    Some((r.url(), Some(r)))
+}
+
+/// Waits (at most 20 s) until `node`'s cluster status satisfies `f`.
+async fn status_becomes(
+    node: &remora_bayeux::Bayeux,
+    what: &str,
+    f: impl FnMut(&ClusterStatus) -> bool,
+) -> ClusterStatus {
+    let mut rx = node.cluster_status().expect("joined");
+    let waited = tokio::time::timeout(Duration::from_secs(20), async {
+        rx.wait_for(f).await.map(|s| *s)
+    })
+    .await;
+    match waited {
+        Ok(Ok(s)) => s,
+        Ok(Err(_)) => panic!("cluster status closed while waiting for {what}"),
+        Err(_) => panic!("timed out waiting for {what}: {:?}", *rx.borrow()),
     }
-    Some((url, Some(private)))
 }
 
 #[tokio::test]
@@ -117,6 +157,68 @@ async fn publish_on_one_node_reaches_the_other() {
         data.extend(deliveries(&r).into_iter().map(|m| m["data"].clone()));
     }
     assert_eq!(data, [json!("from-a"), json!("from-b")]);
+}
+
+#[tokio::test]
+async fn cluster_link_survives_a_redis_restart() {
+    // Always a private server: this test stops and restarts it.
+    let Some(mut redis) = PrivateRedis::start().await else {
+        return;
+    };
+    let url = redis.url();
+    let prefix = format!("test-{}-{}", std::process::id(), rand_suffix());
+    let a = start(quick()).await;
+    let b = start(quick()).await;
+    a.bayeux.join_cluster(&url, &prefix).await.unwrap();
+    b.bayeux.join_cluster(&url, &prefix).await.unwrap();
+    assert_eq!(
+        *b.bayeux.cluster_status().unwrap().borrow(),
+        ClusterStatus {
+            subscribed: true,
+            outages: 0,
+            restored: 0
+        }
+    );
+
+    redis.stop();
+    for node in [&a.bayeux, &b.bayeux] {
+        status_becomes(node, "the outage", |s| !s.subscribed && s.outages == 1).await;
+    }
+    assert_eq!(b.bayeux.stats().cluster_outages, 1);
+    // Published during the outage: delivered locally, kept in the queue for
+    // Redis (not lost on the publishing side).
+    let on_a = a.client().await;
+    assert_eq!(
+        a.publish(&on_a, "/room/0", json!("during")).await["successful"],
+        true
+    );
+
+    redis.resume().await.expect("redis-server restarts");
+    for node in [&a.bayeux, &b.bayeux] {
+        let s = status_becomes(node, "the resubscription", |s| s.subscribed).await;
+        assert_eq!((s.outages, s.restored), (1, 1), "{s:?}");
+    }
+
+    // After the restart: a publish on A reaches a subscriber on B.
+    let on_b = b.client().await;
+    b.subscribe(&on_b, json!("/room/*")).await;
+    assert_eq!(
+        a.publish(&on_a, "/room/1", json!("after")).await["successful"],
+        true
+    );
+    // A's publisher may still be in its backoff: connect until it arrives.
+    let mut got = vec![];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !got.contains(&json!("after")) && tokio::time::Instant::now() < deadline {
+        let r = b
+            .send(json!([{"channel":"/meta/connect","clientId":on_b,"connectionType":"long-polling","advice":{"timeout":1000}}]))
+            .await;
+        got.extend(deliveries(&r).into_iter().map(|m| m["data"].clone()));
+    }
+    assert!(got.contains(&json!("after")), "{got:?}");
+    assert_eq!(b.bayeux.stats().cluster_outages, 1);
+    // A's publisher failed at least once while Redis was down, then resent.
+    assert!(a.bayeux.stats().cluster_publish_errors >= 1);
 }
 
 fn rand_suffix() -> u64 {

@@ -137,10 +137,11 @@ async fn serve(args: Args, config: FileConfig) -> ExitCode {
         return ExitCode::FAILURE;
     }
     let health = bayeux.clone();
-    let app = Router::new().merge(bayeux.router()).route(
+    let routes = Router::new().route(
         "/health",
         get(move || {
             let s = health.stats();
+            let subscribed = health.cluster_status().map(|r| r.borrow().subscribed);
             async move {
                 axum::Json(serde_json::json!({
                     "status": "ok",
@@ -148,6 +149,10 @@ async fn serve(args: Args, config: FileConfig) -> ExitCode {
                     "published": s.published,
                     "delivered": s.delivered,
                     "dropped": s.dropped,
+                    "cluster_dropped": s.cluster_dropped,
+                    "cluster_publish_errors": s.cluster_publish_errors,
+                    "cluster_outages": s.cluster_outages,
+                    "cluster_subscribed": subscribed,
                 }))
             }
         }),
@@ -161,12 +166,11 @@ async fn serve(args: Args, config: FileConfig) -> ExitCode {
     };
     let addr = listener.local_addr().unwrap_or(args.listen);
     tracing::info!(%addr, "remora bayeux listening, Bayeux at /cometd");
-    let served = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown(bayeux.clone()))
-    .await;
+    // Bayeux's own HTTP/1.1 loop: held long-polling connects keep no hyper
+    // buffers (docs/bayeux.md, "Memory of held connects").
+    let served = bayeux
+        .serve(listener, routes, shutdown(bayeux.clone()))
+        .await;
     match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -42,7 +42,9 @@ pub(crate) async fn get(bayeux: Bayeux, parts: http::request::Parts) -> Response
         return (StatusCode::BAD_REQUEST, "invalid jsonp callback name").into_response();
     }
     let ctx = RequestContext::from_parts(&parts);
-    match handle_http(&bayeux, &ctx, &message, Transport::CallbackPolling).await {
+    // The request shares the connection's read buffer: not kept while held.
+    drop(parts);
+    match handle_http(&bayeux, &ctx, message, Transport::CallbackPolling).await {
         Ok((json, cookie)) => respond(
             format!("{callback}({json});"),
             "text/javascript;charset=UTF-8",

@@ -22,15 +22,16 @@ pub(crate) async fn post(State(bayeux): State<Bayeux>, request: Request) -> Resp
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
     let ctx = RequestContext::from_parts(&parts);
-    let result = if is_form {
-        match form_field(&body, "message") {
-            Some(m) => handle_http(&bayeux, &ctx, &m, Transport::LongPolling).await,
-            // Some clients (curl -d) label a JSON body as a form.
-            None => handle_http(&bayeux, &ctx, &body, Transport::LongPolling).await,
-        }
-    } else {
-        handle_http(&bayeux, &ctx, &body, Transport::LongPolling).await
+    // Nothing of the request may stay alive while a connect is held: its
+    // header values and body share the connection's read buffer.
+    drop(parts);
+    let body = match is_form.then(|| form_field(&body, "message")).flatten() {
+        Some(m) => bytes::Bytes::from(m),
+        // JSON, or a JSON body labelled as a form (curl -d): handle_http
+        // drops it once parsed.
+        None => body,
     };
+    let result = handle_http(&bayeux, &ctx, body, Transport::LongPolling).await;
     match result {
         Ok((json, cookie)) => respond(json, "application/json;charset=UTF-8", cookie),
         Err(r) => r,

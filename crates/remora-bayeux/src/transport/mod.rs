@@ -2,6 +2,7 @@
 
 pub mod callback_polling;
 pub mod long_polling;
+mod server;
 pub mod websocket;
 
 use std::sync::Arc;
@@ -17,6 +18,9 @@ use crate::engine::{Bayeux, Transport, new_browser_id};
 use crate::message::{ParseError, join_array, parse_messages};
 use crate::security::RequestContext;
 
+/// Where [`Bayeux::router`] and [`Bayeux::serve`] serve Bayeux.
+pub(crate) const DEFAULT_PATH: &str = "/cometd";
+
 /// Longest browser cookie value we accept (longer ones are ignored).
 const MAX_BROWSER_ID_LEN: usize = 64;
 
@@ -26,13 +30,13 @@ impl Bayeux {
     /// appends): long-polling on POST, callback-polling on GET, WebSocket on
     /// GET with an upgrade.
     pub fn router(&self) -> Router {
-        self.router_at("/cometd")
+        self.router_at(DEFAULT_PATH)
     }
 
     /// Like [`Bayeux::router`], at another path (`/bayeux`; not `/`).
     pub fn router_at(&self, path: &str) -> Router {
         let path = path.trim_end_matches('/');
-        let path = if path.is_empty() { "/cometd" } else { path };
+        let path = if path.is_empty() { DEFAULT_PATH } else { path };
         Router::new()
             .route(path, get(get_handler).post(long_polling::post))
             .route(
@@ -88,15 +92,17 @@ pub(crate) fn browser_cookie(bayeux: &Bayeux, id: &str) -> Option<HeaderValue> {
 }
 
 /// Runs one HTTP request's messages (long-polling or callback-polling) and
-/// returns the JSON array to answer with, plus a cookie to set.
+/// returns the JSON array to answer with, plus a cookie to set. `body` is
+/// dropped once parsed, before a connect is held.
 pub(crate) async fn handle_http(
     bayeux: &Bayeux,
     ctx: &RequestContext,
-    body: &[u8],
+    body: impl AsRef<[u8]>,
     transport: Transport,
 ) -> Result<(String, Option<HeaderValue>), Response> {
-    let messages =
-        parse_messages(body, bayeux.config().max_messages_per_request).map_err(bad_request)?;
+    let messages = parse_messages(body.as_ref(), bayeux.config().max_messages_per_request)
+        .map_err(bad_request)?;
+    drop(body);
     let (browser, fresh) = browser_of(bayeux, ctx);
     let mut processed = bayeux.process(messages, ctx, transport, Some(&browser));
     if let Some(pending) = processed.connect.take() {

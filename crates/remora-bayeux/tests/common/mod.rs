@@ -49,7 +49,23 @@ pub async fn start(config: BayeuxConfig) -> Server {
     start_with(Bayeux::new(config)).await
 }
 
+/// Serves `bayeux` with `Bayeux::serve` (its own HTTP/1.1 loop for
+/// long-polling, hyper and the router for the rest), as `remora bayeux` does.
 pub async fn start_with(bayeux: Bayeux) -> Server {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let served = bayeux.clone();
+    let task = tokio::spawn(async move {
+        let _ = served
+            .serve(listener, axum::Router::new(), std::future::pending())
+            .await;
+    });
+    server(bayeux, addr, task)
+}
+
+/// Serves `bayeux` as an embedding app does: `axum::serve` with
+/// `Bayeux::router`.
+pub async fn start_router(bayeux: Bayeux) -> Server {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let app = bayeux.router();
@@ -60,6 +76,10 @@ pub async fn start_with(bayeux: Bayeux) -> Server {
         )
         .await;
     });
+    server(bayeux, addr, task)
+}
+
+fn server(bayeux: Bayeux, addr: SocketAddr, task: tokio::task::JoinHandle<()>) -> Server {
     let http = Client::builder(TokioExecutor::new()).build_http();
     Server {
         bayeux,
