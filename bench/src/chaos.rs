@@ -109,6 +109,10 @@ pub struct Args {
     /// Redis for `redis` modes (default: `REDIS_URL`, else the local one).
     #[arg(long)]
     redis: Option<String>,
+    /// In `redis` modes: the shops' near cache, in sessions (`remora
+    /// demo-app --redis-near-cache`; 0 = none).
+    #[arg(long, default_value_t = 10_000)]
+    redis_near_cache: usize,
     /// The `remora` binary (default: `REMORA_BIN`, beside this one, then
     /// target/release).
     #[arg(long)]
@@ -193,7 +197,13 @@ pub fn run(args: Args) -> Result<(), BenchError> {
         dir,
         keys,
         pool: pool.clone(),
-        shop_args: args.mode.shop_args(&redis),
+        shop_args: {
+            let mut a = args.mode.shop_args(&redis);
+            if args.mode.uses_redis() {
+                a.push(format!("--redis-near-cache={}", args.redis_near_cache));
+            }
+            a
+        },
         starts: 0,
     };
     let mut shops = Vec::new();

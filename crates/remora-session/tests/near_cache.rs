@@ -165,3 +165,44 @@ async fn a_lost_connection_drops_the_cache() {
     assert!(a.load(&id).await.unwrap().is_some());
     assert_eq!(a.near_cache_stats().unwrap().hits, hits + 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_moving_between_servers_never_read_stale() {
+    let Some((url, _keep)) = common::redis() else {
+        return;
+    };
+    let prefix = format!("{}:", common::unique("bounce"));
+    let mut stores = Vec::new();
+    for _ in 0..3 {
+        stores.push(near(&url, &prefix).await);
+    }
+    let ids: Vec<String> = (0..10).map(|_| remora_session::id::new_id()).collect();
+    for id in &ids {
+        stores[0].save(&record(id, 1, "a"), 0).await.unwrap();
+    }
+    let mut last = vec![1u64; ids.len()];
+    let mut stale = 0;
+    for round in 0..200usize {
+        let i = round % ids.len();
+        let s = &stores[(round / ids.len() + round) % 3];
+        // Longer than any invalidation takes to arrive.
+        tokio::time::sleep(Duration::from_millis(3)).await;
+        let mut r = s.load(&ids[i]).await.unwrap().expect("live");
+        if r.version != last[i] {
+            stale += 1;
+            eprintln!(
+                "round {round}: read v{} after v{} was saved",
+                r.version, last[i]
+            );
+        }
+        let expected = r.version;
+        r.version = last[i] + 1;
+        match s.save(&r, expected).await.unwrap() {
+            SaveOutcome::Saved { new_version } => last[i] = new_version,
+            SaveOutcome::Conflict { current } => {
+                last[i] = current.expect("live").version;
+            }
+        }
+    }
+    assert_eq!(stale, 0);
+}

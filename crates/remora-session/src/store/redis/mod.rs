@@ -584,7 +584,8 @@ impl Store for RedisStore {
 
 impl RedisStore {
     /// Caches `record` if the reply came over the connection whose tracking
-    /// is on; otherwise forgets that connection's tracking (it changed).
+    /// is on; otherwise drops what is cached for `key` (and, if the
+    /// connection changed, everything read over the old one).
     fn keep(
         &self,
         j: usize,
@@ -603,7 +604,9 @@ impl RedisStore {
                 let _ = self.tracked[j].compare_exchange(t, 0, Ordering::SeqCst, Ordering::SeqCst);
                 cache.clear();
             }
-            _ => {}
+            // Tracking is off for now: nothing new is kept, and what was
+            // kept may be older than this reply.
+            _ => cache.forget(key),
         }
     }
 }

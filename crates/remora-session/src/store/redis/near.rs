@@ -146,9 +146,14 @@ impl Cache {
 
     /// Keeps `record` under `key` unless an invalidation reached the shard
     /// since `generation` was read, or a newer version is already kept.
+    ///
+    /// When the insert is refused for the generation, whatever the entry
+    /// holds is dropped too: after a save of ours it is older than what
+    /// Redis holds, and Redis will not announce our own write.
     pub(super) fn insert(&self, key: &str, generation: u64, record: &Record) {
         let mut sh = self.shard(key).lock();
         if sh.generation != generation {
+            sh.map.remove(key);
             return;
         }
         if let Some(e) = sh.map.get(key)
@@ -178,6 +183,11 @@ impl Cache {
             r.accessed_at = r.accessed_at.max(accessed_at);
             r.idle_deadline = r.idle_deadline.max(idle_deadline).min(r.absolute_deadline);
         }
+    }
+
+    /// Drops `key`'s entry, if any (it may be older than what Redis holds).
+    pub(super) fn forget(&self, key: &str) {
+        self.shard(key).lock().map.remove(key);
     }
 
     /// Drops `key` (a change by another client, or a local delete).
@@ -234,6 +244,24 @@ mod tests {
         let g = c.generation("k");
         c.insert("k", g, &rec("k", 6));
         assert_eq!(c.get("k", crate::record::now_ms()).unwrap().version, 6);
+    }
+
+    #[test]
+    fn a_refused_insert_drops_the_older_entry() {
+        // Our save of v6 raced an invalidation of another key of the shard:
+        // the v5 we held must not survive (Redis will not announce our own
+        // write of v6).
+        let c = Cache::new(NearCache::new(100));
+        let g = c.generation("k");
+        c.insert("k", g, &rec("k", 5));
+        let g = c.generation("k");
+        let other = (0..1000)
+            .map(|i| format!("o{i}"))
+            .find(|o| std::ptr::eq(c.shard(o), c.shard("k")))
+            .unwrap();
+        c.invalidate(&other);
+        c.insert("k", g, &rec("k", 6));
+        assert!(c.get("k", crate::record::now_ms()).is_none());
     }
 
     #[test]
