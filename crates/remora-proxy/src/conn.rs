@@ -94,8 +94,8 @@ async fn serve_h2(
     let svc_shared = shared.clone();
     let svc_ctx = ctx.clone();
     let svc = service_fn(move |req| proxy::handle(svc_shared.clone(), svc_ctx.clone(), req));
-    let conn = builder.serve_connection(TokioIo::new(io), svc);
-    tokio::pin!(conn);
+    // Boxed: the connection task's future then stays small (see `serve_h1`).
+    let mut conn = Box::pin(builder.serve_connection(TokioIo::new(io), svc));
     let mut shutdown = shared.shutdown_signal();
     let idle = limits.idle_timeout;
     let mut tick = tokio::time::interval(tick_for(idle));
@@ -154,7 +154,10 @@ async fn serve_h1(
         let svc = service_fn(move |req| {
             Box::pin(proxy::handle(svc_shared.clone(), svc_ctx.clone(), req))
         });
-        let mut conn = builder.serve_connection(TokioIo::new(io), svc);
+        // Boxed, so that a parked connection's task does not keep room for
+        // hyper's connection state: a task's future is as large as its
+        // largest state.
+        let mut conn = Box::new(builder.serve_connection(TokioIo::new(io), svc));
         let park_after = limits.park_after;
         let mut tick = tokio::time::interval(tick_for(idle.min(park_after)));
         let mut closing = false;
@@ -172,24 +175,24 @@ async fn serve_h1(
                     };
                 }
                 _ = shutdown.changed(), if !closing => {
-                    Pin::new(&mut conn).graceful_shutdown();
+                    Pin::new(&mut *conn).graceful_shutdown();
                     closing = true;
                 }
                 _ = tick.tick(), if !closing && !parking => {
                     if ctx.inflight.load(Ordering::Relaxed) == 0 {
                         let quiet = activity.idle_for();
                         if quiet >= idle {
-                            Pin::new(&mut conn).graceful_shutdown();
+                            Pin::new(&mut *conn).graceful_shutdown();
                             closing = true;
                         } else if quiet >= park_after {
-                            Pin::new(&mut conn).graceful_shutdown();
+                            Pin::new(&mut *conn).graceful_shutdown();
                             parking = true;
                         }
                     }
                 }
             }
         };
-        let parts = conn.into_parts();
+        let parts = (*conn).into_parts();
         let mut back = parts.io.into_inner();
         back.prepend(parts.read_buf);
         // A WebSocket handler that answered 101 takes the stream.
@@ -202,7 +205,11 @@ async fn serve_h1(
                 let _ = tokio::io::AsyncWriteExt::shutdown(&mut back).await;
                 return;
             }
-            H1End::Park => {}
+            H1End::Park => {
+                // A parked connection holds no server connection and no labels.
+                ctx.upstream.release();
+                *ctx.counters.lock() = crate::proxy::CounterCache::default();
+            }
         }
         io = back;
         if io.prefix.is_empty() {

@@ -1,12 +1,11 @@
-//! Forwarding one request to one server: header rewriting, the pooled
-//! keep-alive client, bounded request bodies.
+//! Forwarding one request to one server: header rewriting, bounded request
+//! bodies (the connections to servers are in [`crate::upstream`]).
 
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -15,41 +14,11 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 
 /// Any boxed error.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Body type of everything the proxy sends.
 pub type ProxyBody = BoxBody<Bytes, BoxError>;
-/// The pooled HTTP/1.1 client to servers.
-pub type UpstreamClient = Client<HttpConnector, ProxyBody>;
-
-/// Builds the keep-alive client used for every server.
-pub fn client(connect_timeout: Duration) -> UpstreamClient {
-    let mut http = HttpConnector::new();
-    http.set_connect_timeout(Some(connect_timeout));
-    http.set_nodelay(true);
-    http.enforce_http(true);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .pool_max_idle_per_host(1024)
-        .timer(hyper_util::rt::TokioTimer::new())
-        .pool_timer(hyper_util::rt::TokioTimer::new())
-        .build(http)
-}
-
-thread_local! {
-    static THREAD_CLIENT: std::cell::OnceCell<UpstreamClient> = const { std::cell::OnceCell::new() };
-}
-
-/// This thread's keep-alive client: each worker thread keeps its own pool,
-/// so a request and its server connection stay on one thread.
-pub fn thread_client(connect_timeout: Duration) -> UpstreamClient {
-    THREAD_CLIENT.with(|c| c.get_or_init(|| client(connect_timeout)).clone())
-}
-
 /// A small local response (errors, admin).
 pub fn local(status: StatusCode, body: &str) -> Response<ProxyBody> {
     let mut r = Response::new(full(Bytes::copy_from_slice(body.as_bytes())));
@@ -79,15 +48,15 @@ pub fn idempotent(m: &Method) -> bool {
     )
 }
 
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-connection",
-    "proxy-authenticate",
+static HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
 ];
 
 /// Removes hop-by-hop headers: those named in `Connection`, the fixed list,
@@ -103,7 +72,7 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     for n in listed {
         h.remove(n);
     }
-    for n in HOP_BY_HOP {
+    for n in &HOP_BY_HOP {
         h.remove(n);
     }
     let proxy: Vec<HeaderName> = h
@@ -185,10 +154,14 @@ pub fn request_host<B>(req: &Request<B>) -> Option<String> {
         .or_else(|| req.uri().authority().map(|a| a.to_string()))
 }
 
-/// The URI to send to `address`: same path and query.
-pub fn upstream_uri(address: &str, uri: &Uri) -> Option<Uri> {
-    let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    format!("http://{address}{pq}").parse().ok()
+/// The URI to send to a server: the client's path and query, in origin
+/// form (`None` for a target that is not a path, such as `*`).
+pub fn upstream_uri(uri: &Uri) -> Option<Uri> {
+    match uri.path_and_query() {
+        Some(pq) if pq.as_str().starts_with('/') => Some(Uri::from(pq.clone())),
+        Some(_) => None,
+        None => Some(Uri::from_static("/")),
+    }
 }
 
 /// Approximate size of the request header section, in bytes.
@@ -263,34 +236,6 @@ impl Body for LimitedBody {
     }
 }
 
-/// Why forwarding failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ForwardError {
-    /// The TCP connection could not be made (nothing was sent).
-    #[error("connect to server failed")]
-    Connect(#[source] hyper_util::client::legacy::Error),
-    /// The connection failed before any response byte.
-    #[error("server failed before responding")]
-    Reset(#[source] hyper_util::client::legacy::Error),
-    /// No response head within `server_timeout`.
-    #[error("server timed out")]
-    Timeout,
-}
-
-/// Sends `req` and waits at most `timeout` for the response head.
-pub async fn send(
-    client: &UpstreamClient,
-    req: Request<ProxyBody>,
-    timeout: Duration,
-) -> Result<Response<Incoming>, ForwardError> {
-    match tokio::time::timeout(timeout, client.request(req)).await {
-        Err(_) => Err(ForwardError::Timeout),
-        Ok(Ok(r)) => Ok(r),
-        Ok(Err(e)) if e.is_connect() => Err(ForwardError::Connect(e)),
-        Ok(Err(e)) => Err(ForwardError::Reset(e)),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -333,10 +278,11 @@ mod tests {
     #[test]
     fn uri_and_idempotence() {
         let u: Uri = "/a/b?c=1".parse().unwrap();
-        assert_eq!(
-            upstream_uri("127.0.0.1:9101", &u).unwrap().to_string(),
-            "http://127.0.0.1:9101/a/b?c=1"
-        );
+        assert_eq!(upstream_uri(&u).unwrap().to_string(), "/a/b?c=1");
+        let abs: Uri = "http://example.test:8080/x?y".parse().unwrap();
+        assert_eq!(upstream_uri(&abs).unwrap().to_string(), "/x?y");
+        let star: Uri = "*".parse().unwrap();
+        assert!(upstream_uri(&star).is_none());
         assert!(idempotent(&Method::GET));
         assert!(!idempotent(&Method::POST));
     }

@@ -19,4 +19,5 @@ pub mod route;
 pub mod select;
 pub mod serve;
 pub mod tls;
+pub mod upstream;
 pub mod websocket;

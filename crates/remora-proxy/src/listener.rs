@@ -179,7 +179,10 @@ async fn serve_connection(
     let (io, alpn_h2): (Box<dyn Io>, Option<bool>) = match &lst.tls {
         None => (Box::new(stream), None),
         Some(acceptor) => {
-            match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await {
+            // Boxed: the handshake state (rustls) would otherwise widen the
+            // connection task for its whole life.
+            let accept = Box::pin(acceptor.accept(stream));
+            match tokio::time::timeout(limits.header_read_timeout, accept).await {
                 Ok(Ok(s)) => {
                     let h2 = s.get_ref().1.alpn_protocol() == Some(&b"h2"[..]);
                     (Box::new(s), Some(h2))
@@ -200,6 +203,8 @@ async fn serve_connection(
         },
         inflight: Arc::new(AtomicUsize::new(0)),
         upgrade: parking_lot::Mutex::new(None),
+        upstream: Arc::default(),
+        counters: parking_lot::Mutex::default(),
     });
     conn::serve(shared, ctx, io, alpn_h2, &limits).await;
 }

@@ -62,6 +62,8 @@ pub struct Server {
     pub index: usize,
     /// Static configuration.
     pub config: ServerConfig,
+    /// `config.address`, shared with the connections to this server.
+    pub address: Arc<str>,
     /// Live state (shared across reloads when the server keeps its name and address).
     pub live: Arc<ServerLive>,
 }
@@ -263,6 +265,7 @@ impl Pool {
                 Arc::new(Server {
                     pool: config.name.clone(),
                     index,
+                    address: Arc::from(sc.address.as_str()),
                     config: sc.clone(),
                     live,
                 })

@@ -17,14 +17,16 @@ use hyper::body::Incoming;
 use crate::affinity::{Decision, Outcome};
 use crate::conn::ClientIo;
 use crate::forward::{
-    self, BoxError, ClientInfo, ForwardError, LimitedBody, ProxyBody, add_forwarding, append_list,
-    header_bytes, idempotent, local, request_host, strip_hop_by_hop, upstream_uri,
+    self, ClientInfo, LimitedBody, ProxyBody, add_forwarding, append_list, header_bytes,
+    idempotent, local, request_host, strip_hop_by_hop, upstream_uri,
 };
 use crate::metrics::{AffinityLabels, RequestLabels};
 use crate::pool::Pool;
 use crate::select::RequestKey;
 use crate::serve::Shared;
+use crate::upstream::{self, ForwardError, UpstreamBody};
 use crate::{route, websocket};
+use prometheus_client::metrics::counter::Counter;
 
 /// Facts about one client connection, shared by its requests.
 #[derive(Debug)]
@@ -38,6 +40,64 @@ pub struct ConnCtx {
     /// Set by the WebSocket handler with its `101`: receives the client
     /// stream once hyper has finished with it.
     pub upgrade: parking_lot::Mutex<Option<tokio::sync::oneshot::Sender<ClientIo>>>,
+    /// The server connection this client connection's requests reuse.
+    pub upstream: Arc<upstream::Slot>,
+    /// The metric counters its last request counted in.
+    pub counters: parking_lot::Mutex<CounterCache>,
+}
+
+/// The counters a connection's last request used: its next request almost
+/// always counts in the same ones, found then without building label strings.
+#[derive(Debug, Default)]
+pub struct CounterCache {
+    requests: Option<(RequestLabels, Counter)>,
+    affinity: Option<(AffinityLabels, Counter)>,
+}
+
+impl CounterCache {
+    fn count_request(&mut self, m: &crate::metrics::Metrics, pool: &str, server: &str, code: u16) {
+        if let Some((l, c)) = &self.requests
+            && l.code == code
+            && l.pool == pool
+            && l.server == server
+        {
+            c.inc();
+            return;
+        }
+        let labels = RequestLabels {
+            pool: pool.to_string(),
+            server: server.to_string(),
+            code,
+        };
+        let c = m.requests.get_or_create(&labels).clone();
+        c.inc();
+        self.requests = Some((labels, c));
+    }
+
+    fn count_affinity(
+        &mut self,
+        m: &crate::metrics::Metrics,
+        pool: &str,
+        outcome: &str,
+        reason: &str,
+    ) {
+        if let Some((l, c)) = &self.affinity
+            && l.outcome == outcome
+            && l.reason == reason
+            && l.pool == pool
+        {
+            c.inc();
+            return;
+        }
+        let labels = AffinityLabels {
+            pool: pool.to_string(),
+            outcome: outcome.to_string(),
+            reason: reason.to_string(),
+        };
+        let c = m.affinity.get_or_create(&labels).clone();
+        c.inc();
+        self.affinity = Some((labels, c));
+    }
 }
 
 struct InflightGuard(Arc<AtomicUsize>);
@@ -66,7 +126,7 @@ pub async fn handle(
     shared: Arc<Shared>,
     ctx: Arc<ConnCtx>,
     req: Request<Incoming>,
-) -> Result<Response<ProxyBody>, Infallible> {
+) -> Result<Response<ResponseBody>, Infallible> {
     ctx.inflight.fetch_add(1, Ordering::Relaxed);
     let guard = InflightGuard(ctx.inflight.clone());
     let start = Instant::now();
@@ -82,27 +142,17 @@ pub async fn handle(
     let elapsed = start.elapsed();
     let server = info.server.as_deref().unwrap_or("-");
     let m = &shared.metrics;
-    m.requests
-        .get_or_create(&RequestLabels {
-            pool: info.pool.clone(),
-            server: server.to_string(),
-            code: status.as_u16(),
-        })
-        .inc();
+    let mut counters = ctx.counters.lock();
+    counters.count_request(m, &info.pool, server, status.as_u16());
     m.duration.observe(elapsed.as_secs_f64());
     let (outcome, reason) = match info.outcome {
         Some(o) => (o.as_str(), o.reason().map(|r| r.as_str()).unwrap_or("")),
         None => ("none", ""),
     };
     if info.outcome.is_some() {
-        m.affinity
-            .get_or_create(&AffinityLabels {
-                pool: info.pool.clone(),
-                outcome: outcome.to_string(),
-                reason: reason.to_string(),
-            })
-            .inc();
+        counters.count_affinity(m, &info.pool, outcome, reason);
     }
+    drop(counters);
     tracing::info!(
         target: "remora::access",
         client = %ctx.client.addr,
@@ -117,13 +167,40 @@ pub async fn handle(
         duration_ms = elapsed.as_secs_f64() * 1000.0,
         "request"
     );
-    Ok(resp.map(move |b| {
-        b.map_frame(move |f| {
-            let _held = &guard;
-            f
-        })
-        .boxed()
+    Ok(resp.map(move |inner| ResponseBody {
+        inner,
+        _guard: guard,
     }))
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that keeps its request counted in flight on the
+    /// client connection until the body is done.
+    pub struct ResponseBody {
+        #[pin]
+        inner: ProxyBody,
+        _guard: InflightGuard,
+    }
+}
+
+impl http_body::Body for ResponseBody {
+    type Data = bytes::Bytes;
+    type Error = forward::BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, forward::BoxError>>> {
+        self.project().inner.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// 503 with `Retry-After` when no server can take the request.
@@ -251,7 +328,7 @@ async fn forward_with_retries(
             return no_server("no server available\n");
         };
         info.server = Some(server.name().to_string());
-        let Some(uri) = upstream_uri(&server.config.address, &parts.uri) else {
+        let Some(uri) = upstream_uri(&parts.uri) else {
             return local(StatusCode::BAD_REQUEST, "bad request target\n");
         };
         let next = match &replay {
@@ -262,11 +339,31 @@ async fn forward_with_retries(
         *up.method_mut() = parts.method.clone();
         *up.uri_mut() = uri;
         *up.version_mut() = Version::HTTP_11;
-        *up.headers_mut() = parts.headers.clone();
+        // The headers are copied only when this attempt may be followed by another.
+        let may_retry = attempt.saturating_add(1) < max_attempts
+            && (retry_any || body_empty || replay.is_some());
+        *up.headers_mut() = if may_retry {
+            parts.headers.clone()
+        } else {
+            std::mem::take(&mut parts.headers)
+        };
+        if !up.headers().contains_key(header::HOST)
+            && let Ok(v) = HeaderValue::from_str(&server.address)
+        {
+            up.headers_mut().insert(header::HOST, v);
+        }
         let guard = server.begin();
         let t0 = Instant::now();
-        match forward::send(&shared.client(), up, limits.server_timeout).await {
-            Ok(resp) => {
+        match upstream::send(
+            &ctx.upstream,
+            &server.address,
+            up,
+            shared.connect_timeout,
+            limits.server_timeout,
+        )
+        .await
+        {
+            Ok((resp, checkin)) => {
                 server.live.stats.observe_latency(t0.elapsed());
                 if resp.status().is_server_error() {
                     if server.record_failure(health.passive_fall, health.passive_backoff) {
@@ -293,13 +390,7 @@ async fn forward_with_retries(
                 if let Some(c) = set_cookie {
                     rp.headers.append(header::SET_COOKIE, c);
                 }
-                let body = rbody
-                    .map_err(|e| Box::new(e) as BoxError)
-                    .map_frame(move |f| {
-                        let _held = &guard;
-                        f
-                    })
-                    .boxed();
+                let body = UpstreamBody::new(rbody, checkin, guard).boxed();
                 return Response::from_parts(rp, body);
             }
             Err(e) => {

@@ -15,7 +15,6 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
-use crate::forward::{self, UpstreamClient};
 use crate::listener::Workers;
 use crate::metrics::Metrics;
 use crate::reload::{ReloadError, Runtime};
@@ -52,7 +51,7 @@ pub struct Shared {
     pub runtime: ArcSwap<Runtime>,
     /// Metrics.
     pub metrics: Metrics,
-    /// Time allowed to connect to a server (the clients are per thread).
+    /// Time allowed to connect to a server.
     pub connect_timeout: Duration,
     /// Threads that run client connections.
     pub workers: Workers,
@@ -67,11 +66,6 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// The keep-alive client to servers of the calling thread.
-    pub fn client(&self) -> UpstreamClient {
-        forward::thread_client(self.connect_timeout)
-    }
-
     /// A receiver that turns `true` when the balancer starts draining.
     pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
         self.shutdown.subscribe()
