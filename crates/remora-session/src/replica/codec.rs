@@ -109,6 +109,7 @@ pub enum SealError {
 pub struct ReplicaCodec {
     sealer: Sealer,
     max_len: usize,
+    lz4_min_json: usize,
 }
 
 impl fmt::Debug for ReplicaCodec {
@@ -116,6 +117,7 @@ impl fmt::Debug for ReplicaCodec {
         f.debug_struct("ReplicaCodec")
             .field("key", &self.sealer.sealing_key_id())
             .field("max_len", &self.max_len)
+            .field("lz4_min_json", &self.lz4_min_json)
             .finish()
     }
 }
@@ -124,7 +126,21 @@ impl ReplicaCodec {
     /// A codec sealing with `sealer` (purpose `replica`) and refusing replicas
     /// longer than `max_len` base64url characters.
     pub fn new(sealer: Sealer, max_len: usize) -> Self {
-        Self { sealer, max_len }
+        Self {
+            sealer,
+            max_len,
+            lz4_min_json: LZ4_MIN_JSON,
+        }
+    }
+
+    /// The same codec trying LZ4 from `bytes` of JSON on (default
+    /// [`LZ4_MIN_JSON`]; 0 tries it on every replica). Opening does not
+    /// depend on it: a flag byte says whether a replica is compressed.
+    pub fn with_lz4_min_json(self, bytes: usize) -> Self {
+        Self {
+            lz4_min_json: bytes,
+            ..self
+        }
     }
 
     /// The same codec with another size limit.
@@ -148,7 +164,7 @@ impl ReplicaCodec {
                 serde_json::to_writer(&mut *buf, &ReplicaView(record))
                     .map_err(SealError::Serialize)?;
                 let json = &buf[flag_at + 1..];
-                if json.len() >= LZ4_MIN_JSON {
+                if json.len() >= self.lz4_min_json {
                     let compressed = lz4_flex::compress_prepend_size(json);
                     if compressed.len() < json.len() {
                         buf.truncate(flag_at);
@@ -376,6 +392,10 @@ mod tests {
         let text = c.seal(&big).unwrap();
         assert_eq!(plaintext(0x24, &text, "s")[0], LZ4);
         assert_eq!(c.open(&text, "s", 1).unwrap(), big);
+        let always = codec(0x24).with_lz4_min_json(0);
+        let text = always.seal(&small).unwrap();
+        assert_eq!(plaintext(0x24, &text, "s")[0], LZ4);
+        assert_eq!(c.open(&text, "s", 1).unwrap(), small);
         // Incompressible JSON over the threshold stays raw.
         const DIGITS: &[u8; 64] =
             b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
