@@ -6,12 +6,17 @@
 //! master key, so an affinity cookie can never be opened as a replica and the
 //! other way round.
 //!
-//! Blobs are XChaCha20-Poly1305 (random 192-bit nonces are safe at internet
-//! scale) with this layout:
+//! Blobs are AES-256-GCM-SIV (hardware AES and carry-less multiplication,
+//! detected at run time; nonce-misuse resistant, so random 96-bit nonces are
+//! safe at internet scale) with this layout, 33 bytes over the plaintext:
 //!
 //! ```text
-//! version (1 byte) | key id (4 bytes, big endian) | nonce (24 bytes) | ciphertext | tag (16 bytes)
+//! version 2 (1 byte) | key id (4 bytes, big endian) | nonce (12 bytes) | ciphertext | tag (16 bytes)
 //! ```
+//!
+//! Blobs of format version 1, written by earlier builds, still open:
+//! XChaCha20-Poly1305 with a 24-byte nonce in place of the 12-byte one
+//! (45 bytes over the plaintext), under its own derived key.
 //!
 //! The header is authenticated together with the caller's associated data.
 //! [`Sealer::open`] checks length and tag before returning a single byte of
@@ -30,4 +35,4 @@ mod keyring;
 mod seal;
 
 pub use keyring::{Key, KeyId, Keyring, KeyringError, generate_key_b64};
-pub use seal::{FORMAT_VERSION, OVERHEAD, OpenError, Purpose, Sealer};
+pub use seal::{FORMAT_VERSION, LEGACY_FORMAT_VERSION, OVERHEAD, OpenError, Purpose, Sealer};

@@ -1,21 +1,46 @@
 //! Per-purpose AEAD sealing and opening.
+//!
+//! Two blob formats exist. Version 2 (what [`Sealer`] writes) is
+//! AES-256-GCM-SIV with a 96-bit random nonce; version 1 (written by earlier
+//! builds) is XChaCha20-Poly1305 with a 192-bit random nonce. Both open, so an
+//! upgrade invalidates nothing that clients hold.
 
+use std::convert::Infallible;
+use std::ops::Range;
+
+use aes_gcm_siv::Aes256GcmSiv;
+use aes_gcm_siv::aead::{AeadInPlace, KeyInit};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use chacha20poly1305::aead::{AeadInPlace, KeyInit};
-use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
+use chacha20poly1305::XChaCha20Poly1305;
 use hkdf::Hkdf;
+use rand::RngCore as _;
 use sha2::Sha256;
 
 use crate::keyring::{KeyId, Keyring};
 
-/// The blob format version written in the first byte.
-pub const FORMAT_VERSION: u8 = 1;
+/// The blob format version [`Sealer`] writes in the first byte:
+/// AES-256-GCM-SIV.
+pub const FORMAT_VERSION: u8 = 2;
+/// The earlier blob format version (XChaCha20-Poly1305): still opened,
+/// never written.
+pub const LEGACY_FORMAT_VERSION: u8 = 1;
+/// Format version and key id.
 const HEADER_LEN: usize = 1 + 4;
-const NONCE_LEN: usize = 24;
+/// AES-GCM-SIV nonce (version 2).
+const NONCE_LEN: usize = 12;
+/// XChaCha20-Poly1305 nonce (version 1).
+const LEGACY_NONCE_LEN: usize = 24;
 const TAG_LEN: usize = 16;
-/// Bytes a sealed blob adds to its plaintext (before base64).
+/// Header and nonce: where the ciphertext starts in a version 2 blob.
+const PREFIX_LEN: usize = HEADER_LEN + NONCE_LEN;
+/// Bytes a sealed blob adds to its plaintext (before base64): 1 version +
+/// 4 key id + 12 nonce + 16 tag.
 pub const OVERHEAD: usize = HEADER_LEN + NONCE_LEN + TAG_LEN;
+/// What a version 1 blob adds to its plaintext.
+const LEGACY_OVERHEAD: usize = HEADER_LEN + LEGACY_NONCE_LEN + TAG_LEN;
+/// Associated data up to this length is assembled on the stack.
+const INLINE_AAD: usize = 128;
 
 /// What a derived key is for. Each purpose gets its own key from every master
 /// key, so a blob sealed for one purpose never opens for another.
@@ -66,9 +91,23 @@ pub enum OpenError {
     Tampered,
 }
 
+/// The keys one master key yields for one purpose. Both AEADs hold their key
+/// schedules, so nothing is derived per call.
 struct PurposeKey {
     id: KeyId,
-    aead: XChaCha20Poly1305,
+    /// Version 2: seals and opens.
+    aead: Aes256GcmSiv,
+    /// Version 1: opens only.
+    legacy: XChaCha20Poly1305,
+}
+
+/// Derives a 256-bit key for `info` from a master key with HKDF-SHA256.
+fn derive(master: &[u8], salt: &[u8], info: &str) -> zeroize::Zeroizing<[u8; 32]> {
+    let mut okm = zeroize::Zeroizing::new([0u8; 32]);
+    Hkdf::<Sha256>::new(Some(salt), master)
+        .expand(info.as_bytes(), okm.as_mut())
+        .expect("32 bytes is a valid HKDF-SHA256 output length");
+    okm
 }
 
 /// Seals and opens blobs for one [`Purpose`] with keys derived from a
@@ -88,20 +127,26 @@ impl std::fmt::Debug for Sealer {
 }
 
 impl Sealer {
-    /// Derives the purpose keys from every key of the keyring.
+    /// Derives the purpose keys (one per format version) from every key of
+    /// the keyring.
     pub fn new(ring: &Keyring, purpose: Purpose) -> Self {
+        let label = purpose.label();
         let keys = ring
             .keys()
             .iter()
             .map(|k| {
-                let hk = Hkdf::<Sha256>::new(Some(b"remora-seal v1"), k.bytes());
-                let mut okm = zeroize::Zeroizing::new([0u8; 32]);
-                let info = format!("remora/{}", purpose.label());
-                hk.expand(info.as_bytes(), okm.as_mut())
-                    .expect("32 bytes is a valid HKDF-SHA256 output length");
+                // Version 1's derivation must stay exactly as it was, or old
+                // blobs stop opening.
+                let v1 = derive(k.bytes(), b"remora-seal v1", &format!("remora/{label}"));
+                let v2 = derive(
+                    k.bytes(),
+                    b"remora-seal v2",
+                    &format!("remora/{label}/aes-256-gcm-siv"),
+                );
                 PurposeKey {
                     id: k.id(),
-                    aead: XChaCha20Poly1305::new((&*okm).into()),
+                    aead: Aes256GcmSiv::new((&*v2).into()),
+                    legacy: XChaCha20Poly1305::new((&*v1).into()),
                 }
             })
             .collect();
@@ -115,47 +160,70 @@ impl Sealer {
 
     /// Seals `plaintext`, binding `aad` (which the opener must present again).
     pub fn seal(&self, plaintext: &[u8], aad: &[u8]) -> Vec<u8> {
-        let key = &self.keys[0];
-        let mut nonce = [0u8; NONCE_LEN];
-        getrandom::fill(&mut nonce).expect("the operating system CSPRNG is unavailable");
-        let mut out = Vec::with_capacity(OVERHEAD + plaintext.len());
-        out.push(FORMAT_VERSION);
-        out.extend_from_slice(&key.id.0.to_be_bytes());
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(plaintext);
-        let full_aad = Self::full_aad(&out[..HEADER_LEN], aad);
-        let (head, body) = out.split_at_mut(HEADER_LEN + NONCE_LEN);
-        let tag = key
-            .aead
-            .encrypt_in_place_detached(XNonce::from_slice(&head[HEADER_LEN..]), &full_aad, body)
-            .expect("XChaCha20-Poly1305 encrypts any length this process can hold");
-        out.extend_from_slice(&tag);
-        out
+        let sealed = self.seal_with(aad, plaintext.len(), |buf| {
+            buf.extend_from_slice(plaintext);
+            Ok::<(), Infallible>(())
+        });
+        match sealed {
+            Ok(blob) => blob,
+            Err(never) => match never {},
+        }
     }
 
-    /// Verifies and decrypts a blob made by [`Sealer::seal`] with the same
-    /// purpose and `aad`.
+    /// Seals the plaintext that `write` appends to the buffer it is given,
+    /// without copying it: the buffer becomes the blob. `size_hint` is the
+    /// expected plaintext length (room is reserved for it and the overhead).
+    /// Bytes already in the buffer when `write` is called are reserved for the
+    /// header and overwritten; `write` only appends. An error from `write`
+    /// is returned as is and nothing is sealed.
+    pub fn seal_with<E>(
+        &self,
+        aad: &[u8],
+        size_hint: usize,
+        write: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+    ) -> Result<Vec<u8>, E> {
+        let mut out = Vec::with_capacity(OVERHEAD.saturating_add(size_hint));
+        out.resize(PREFIX_LEN, 0);
+        write(&mut out)?;
+        if out.len() < PREFIX_LEN {
+            out.resize(PREFIX_LEN, 0);
+        }
+        let key = &self.keys[0];
+        let mut prefix = [0u8; PREFIX_LEN];
+        prefix[0] = FORMAT_VERSION;
+        prefix[1..HEADER_LEN].copy_from_slice(&key.id.0.to_be_bytes());
+        // The thread's CSPRNG (ChaCha, seeded and periodically reseeded from
+        // the operating system): no system call per seal.
+        rand::rng().fill_bytes(&mut prefix[HEADER_LEN..]);
+        out[..PREFIX_LEN].copy_from_slice(&prefix);
+        let tag = with_full_aad(&prefix[..HEADER_LEN], aad, |full_aad| {
+            key.aead.encrypt_in_place_detached(
+                (&prefix[HEADER_LEN..]).into(),
+                full_aad,
+                &mut out[PREFIX_LEN..],
+            )
+        })
+        .expect("AES-256-GCM-SIV encrypts any length below 64 GiB");
+        out.extend_from_slice(&tag);
+        Ok(out)
+    }
+
+    /// Verifies and decrypts a blob made by [`Sealer::seal`] (or by an earlier
+    /// build, format version 1) with the same purpose and `aad`.
     pub fn open(&self, blob: &[u8], aad: &[u8]) -> Result<Vec<u8>, OpenError> {
-        if blob.len() < OVERHEAD {
-            return Err(OpenError::Malformed);
-        }
-        if blob[0] != FORMAT_VERSION {
-            return Err(OpenError::UnknownVersion(blob[0]));
-        }
-        let id = KeyId(u32::from_be_bytes([blob[1], blob[2], blob[3], blob[4]]));
-        let key = self
-            .keys
-            .iter()
-            .find(|k| k.id == id)
-            .ok_or(OpenError::WrongKey(id))?;
-        let full_aad = Self::full_aad(&blob[..HEADER_LEN], aad);
-        let nonce = XNonce::from_slice(&blob[HEADER_LEN..HEADER_LEN + NONCE_LEN]);
-        let (body, tag) = blob[HEADER_LEN + NONCE_LEN..].split_at(blob.len() - OVERHEAD);
-        let mut plain = body.to_vec();
-        key.aead
-            .decrypt_in_place_detached(nonce, &full_aad, &mut plain, Tag::from_slice(tag))
-            .map_err(|_| OpenError::Tampered)?;
-        Ok(plain)
+        let mut buf = blob.to_vec();
+        let range = self.open_range(&mut buf, aad)?;
+        buf.truncate(range.end);
+        buf.drain(..range.start);
+        Ok(buf)
+    }
+
+    /// [`Sealer::open`] without a copy: decrypts inside `blob` and returns
+    /// the plaintext, a part of it. On error the content of `blob` is
+    /// unspecified (never plaintext that failed authentication).
+    pub fn open_in_place<'b>(&self, blob: &'b mut [u8], aad: &[u8]) -> Result<&'b [u8], OpenError> {
+        let range = self.open_range(blob, aad)?;
+        Ok(&blob[range])
     }
 
     /// [`Sealer::seal`], encoded base64url without padding.
@@ -166,25 +234,110 @@ impl Sealer {
     /// Decodes base64url (no padding) and opens. A text longer than
     /// `max_len` characters is refused before decoding.
     pub fn open_b64(&self, text: &str, aad: &[u8], max_len: usize) -> Result<Vec<u8>, OpenError> {
+        let mut buf = Vec::new();
+        let range = self.open_b64_range(text, aad, max_len, &mut buf)?;
+        buf.truncate(range.end);
+        buf.drain(..range.start);
+        Ok(buf)
+    }
+
+    /// [`Sealer::open_b64`] into a buffer the caller keeps and reuses: `buf`
+    /// is cleared, receives the decoded blob, and the plaintext returned is a
+    /// part of it.
+    pub fn open_b64_into<'b>(
+        &self,
+        text: &str,
+        aad: &[u8],
+        max_len: usize,
+        buf: &'b mut Vec<u8>,
+    ) -> Result<&'b [u8], OpenError> {
+        let range = self.open_b64_range(text, aad, max_len, buf)?;
+        Ok(&buf[range])
+    }
+
+    fn open_b64_range(
+        &self,
+        text: &str,
+        aad: &[u8],
+        max_len: usize,
+        buf: &mut Vec<u8>,
+    ) -> Result<Range<usize>, OpenError> {
         if text.len() > max_len {
             return Err(OpenError::Oversize {
                 len: text.len(),
                 limit: max_len,
             });
         }
-        let blob = URL_SAFE_NO_PAD
-            .decode(text.as_bytes())
+        buf.clear();
+        URL_SAFE_NO_PAD
+            .decode_vec(text.as_bytes(), buf)
             .map_err(|_| OpenError::Malformed)?;
-        self.open(&blob, aad)
+        self.open_range(buf, aad)
     }
 
-    fn full_aad(header: &[u8], aad: &[u8]) -> Vec<u8> {
-        // Length-prefix the caller's part so (header, aad) pairs cannot collide.
-        let mut v = Vec::with_capacity(header.len() + 8 + aad.len());
-        v.extend_from_slice(header);
-        v.extend_from_slice(&(aad.len() as u64).to_be_bytes());
-        v.extend_from_slice(aad);
-        v
+    /// Authenticates and decrypts `blob` in place; returns where the
+    /// plaintext lies in it.
+    fn open_range(&self, blob: &mut [u8], aad: &[u8]) -> Result<Range<usize>, OpenError> {
+        if blob.len() < OVERHEAD {
+            return Err(OpenError::Malformed);
+        }
+        let version = blob[0];
+        let nonce_len = match version {
+            FORMAT_VERSION => NONCE_LEN,
+            LEGACY_FORMAT_VERSION => LEGACY_NONCE_LEN,
+            other => return Err(OpenError::UnknownVersion(other)),
+        };
+        let overhead = if version == FORMAT_VERSION {
+            OVERHEAD
+        } else {
+            LEGACY_OVERHEAD
+        };
+        if blob.len() < overhead {
+            return Err(OpenError::Malformed);
+        }
+        let id = KeyId(u32::from_be_bytes([blob[1], blob[2], blob[3], blob[4]]));
+        let key = self
+            .keys
+            .iter()
+            .find(|k| k.id == id)
+            .ok_or(OpenError::WrongKey(id))?;
+        let (prefix, rest) = blob.split_at_mut(HEADER_LEN + nonce_len);
+        let (header, nonce) = prefix.split_at(HEADER_LEN);
+        let (body, tag) = rest.split_at_mut(rest.len() - TAG_LEN);
+        let verified = with_full_aad(header, aad, |full_aad| {
+            if version == FORMAT_VERSION {
+                key.aead
+                    .decrypt_in_place_detached(nonce.into(), full_aad, body, (&*tag).into())
+            } else {
+                key.legacy
+                    .decrypt_in_place_detached(nonce.into(), full_aad, body, (&*tag).into())
+            }
+        });
+        verified.map_err(|_| OpenError::Tampered)?;
+        Ok(HEADER_LEN + nonce_len..blob.len() - TAG_LEN)
+    }
+}
+
+/// Calls `f` with the associated data the AEAD authenticates: the blob
+/// header, then the caller's part prefixed with its length (so no two
+/// (header, aad) pairs collide). Short ones are assembled on the stack.
+fn with_full_aad<R>(header: &[u8], aad: &[u8], f: impl FnOnce(&[u8]) -> R) -> R {
+    let len = header.len() + 8 + aad.len();
+    let fill = |buf: &mut [u8]| {
+        let (h, rest) = buf.split_at_mut(header.len());
+        h.copy_from_slice(header);
+        let (n, a) = rest.split_at_mut(8);
+        n.copy_from_slice(&(aad.len() as u64).to_be_bytes());
+        a.copy_from_slice(aad);
+    };
+    if len <= INLINE_AAD {
+        let mut buf = [0u8; INLINE_AAD];
+        fill(&mut buf[..len]);
+        f(&buf[..len])
+    } else {
+        let mut buf = vec![0u8; len];
+        fill(&mut buf);
+        f(&buf)
     }
 }
 
@@ -204,6 +357,127 @@ mod tests {
         assert_eq!(s.seal(b"", b"").len(), OVERHEAD);
         assert_eq!(s.seal(&[0; 1000], b"x").len(), 1000 + OVERHEAD);
         const { assert!(OVERHEAD < 48) };
+    }
+
+    /// Written by the version 1 build (XChaCha20-Poly1305) with master key
+    /// `[0x11; 32]`: purpose replica, aad `sid-fixture`, plaintext
+    /// `remora v1 fixture`; and purpose affinity, aad `pool`, `affinity v1`.
+    const V1_REPLICA: &str =
+        "Ab2XityBJvWgg9naptSF2EtyaLvuLsZ8Zhm4E0uQGZlJTP4HmmxgWb_TvYxN67FureyqxOw0eSQzsn0KK0k";
+    const V1_AFFINITY: &str =
+        "Ab2Xitxmg_nTZ8vHSZoPcEo2Bq-Hd9U0Qu2mLpAENpgOigI7mHV5XfTeYdVEIJaI6Pyxgi38wtM";
+
+    #[test]
+    fn opens_version_1_blobs_of_earlier_builds() {
+        let r = ring(0x11);
+        let s = Sealer::new(&r, Purpose::Replica);
+        assert_eq!(
+            s.open_b64(V1_REPLICA, b"sid-fixture", 1024).unwrap(),
+            b"remora v1 fixture"
+        );
+        let a = Sealer::new(&r, Purpose::Affinity);
+        assert_eq!(
+            a.open_b64(V1_AFFINITY, b"pool", 1024).unwrap(),
+            b"affinity v1"
+        );
+        // Still bound to purpose, aad and content.
+        assert_eq!(
+            a.open_b64(V1_REPLICA, b"sid-fixture", 1024),
+            Err(OpenError::Tampered)
+        );
+        assert_eq!(
+            s.open_b64(V1_REPLICA, b"sid-other", 1024),
+            Err(OpenError::Tampered)
+        );
+        let mut blob = URL_SAFE_NO_PAD.decode(V1_REPLICA).unwrap();
+        assert_eq!(blob[0], LEGACY_FORMAT_VERSION);
+        assert_eq!(blob.len(), b"remora v1 fixture".len() + LEGACY_OVERHEAD);
+        let last = blob.len() - 1;
+        blob[last] ^= 1;
+        assert_eq!(s.open(&blob, b"sid-fixture"), Err(OpenError::Tampered));
+        // Long enough for version 2, too short for version 1.
+        assert_eq!(
+            s.open(&blob[..LEGACY_OVERHEAD - 1], b"sid-fixture"),
+            Err(OpenError::Malformed)
+        );
+        // Another keyring: the key id is unknown.
+        assert!(matches!(
+            Sealer::new(&ring(0x12), Purpose::Replica).open_b64(V1_REPLICA, b"sid-fixture", 1024),
+            Err(OpenError::WrongKey(_))
+        ));
+    }
+
+    #[test]
+    fn seals_version_2_with_fresh_nonces() {
+        let s = Sealer::new(&ring(0x13), Purpose::Replica);
+        let a = s.seal(b"same", b"sid");
+        let b = s.seal(b"same", b"sid");
+        assert_eq!(a[0], FORMAT_VERSION);
+        assert_eq!(&a[1..HEADER_LEN], &s.sealing_key_id().0.to_be_bytes());
+        assert_ne!(a[HEADER_LEN..PREFIX_LEN], b[HEADER_LEN..PREFIX_LEN]);
+        assert_ne!(a, b);
+        // Relabelled as version 1, a version 2 blob does not open.
+        let mut relabelled = a.clone();
+        relabelled[0] = LEGACY_FORMAT_VERSION;
+        relabelled.resize(LEGACY_OVERHEAD + 4, 0);
+        assert!(s.open(&relabelled, b"sid").is_err());
+    }
+
+    #[test]
+    fn in_place_and_buffered_opening_agree() {
+        let s = Sealer::new(&ring(0x14), Purpose::Replica);
+        let mut blob = s.seal(b"payload", b"sid");
+        let text = URL_SAFE_NO_PAD.encode(&blob);
+        let mut buf = vec![1, 2, 3];
+        assert_eq!(
+            s.open_b64_into(&text, b"sid", 1024, &mut buf).unwrap(),
+            b"payload"
+        );
+        assert_eq!(
+            s.open_b64_into("AAAA", b"sid", 1024, &mut buf),
+            Err(OpenError::Malformed)
+        );
+        assert_eq!(s.open_in_place(&mut blob, b"sid").unwrap(), b"payload");
+        let mut v1 = URL_SAFE_NO_PAD.decode(V1_REPLICA).unwrap();
+        assert_eq!(
+            Sealer::new(&ring(0x11), Purpose::Replica)
+                .open_in_place(&mut v1, b"sid-fixture")
+                .unwrap(),
+            b"remora v1 fixture"
+        );
+    }
+
+    #[test]
+    fn seal_with_appends_in_place_and_passes_errors_on() {
+        let s = Sealer::new(&ring(0x15), Purpose::Replica);
+        let blob = s
+            .seal_with(b"sid", 3, |buf| {
+                buf.extend_from_slice(b"abc");
+                Ok::<_, ()>(())
+            })
+            .unwrap();
+        assert_eq!(blob.len(), 3 + OVERHEAD);
+        assert_eq!(s.open(&blob, b"sid").unwrap(), b"abc");
+        assert_eq!(s.seal_with(b"sid", 0, |_| Err("no")), Err("no"));
+        // A writer that cuts into the reserved header seals an empty plaintext.
+        let blob = s
+            .seal_with(b"sid", 0, |buf| {
+                buf.clear();
+                Ok::<_, ()>(())
+            })
+            .unwrap();
+        assert_eq!(s.open(&blob, b"sid").unwrap(), b"");
+    }
+
+    #[test]
+    fn long_associated_data_round_trips() {
+        let s = Sealer::new(&ring(0x16), Purpose::Replica);
+        let aad = vec![7u8; INLINE_AAD * 3];
+        let blob = s.seal(b"x", &aad);
+        assert_eq!(s.open(&blob, &aad).unwrap(), b"x");
+        let mut other = aad.clone();
+        other[INLINE_AAD * 2] = 8;
+        assert_eq!(s.open(&blob, &other), Err(OpenError::Tampered));
     }
 
     #[test]

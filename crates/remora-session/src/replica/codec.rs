@@ -1,16 +1,40 @@
 //! The replica's wire form: the session [`Record`] as JSON (once-only and
-//! server-only attributes removed), compressed with LZ4 when that pays, sealed
-//! with the `replica` purpose key and the session id as associated data, and
-//! encoded base64url. See `docs/replica-protocol.md`.
+//! server-only attributes removed), compressed with LZ4 when that pays (from
+//! [`LZ4_MIN_JSON`] bytes of JSON on), sealed with the `replica`
+//! purpose key and the session id as associated data, and encoded base64url.
+//! See `docs/replica-protocol.md`.
 
+use std::cell::Cell;
+use std::collections::BTreeMap;
 use std::fmt;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use remora_seal::{OpenError, Sealer};
+use serde::ser::{Serialize, SerializeStruct, Serializer};
 
-use crate::record::Record;
+use crate::record::{Attribute, Record};
 
 /// Default longest replica accepted or produced, in base64url characters (96 KiB).
 pub const DEFAULT_MAX_LEN: usize = 96 * 1024;
+
+/// Session JSON shorter than this many bytes is sealed as it is, without
+/// trying LZ4. 0: LZ4 is tried on every replica. Measured (see
+/// `docs/BENCHMARKS.md`, "Seal"): even on a session of 795 bytes of JSON,
+/// compressing makes seal+open faster (less to seal, encode and decode) and
+/// the replica 45% shorter, so no threshold pays.
+pub const LZ4_MIN_JSON: usize = 0;
+
+/// Room reserved for a replica's JSON before it is written.
+const JSON_SIZE_HINT: usize = 1024;
+
+/// A decode buffer larger than this is not kept for the thread's next open.
+const KEEP_BUFFER: usize = 64 * 1024;
+
+thread_local! {
+    /// The thread's buffer that replica text is decoded and opened in.
+    static OPEN_BUF: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+}
 
 /// First plaintext byte: the record follows as JSON.
 const RAW: u8 = 0;
@@ -87,6 +111,7 @@ pub enum SealError {
 pub struct ReplicaCodec {
     sealer: Sealer,
     max_len: usize,
+    lz4_min_json: usize,
 }
 
 impl fmt::Debug for ReplicaCodec {
@@ -94,6 +119,7 @@ impl fmt::Debug for ReplicaCodec {
         f.debug_struct("ReplicaCodec")
             .field("key", &self.sealer.sealing_key_id())
             .field("max_len", &self.max_len)
+            .field("lz4_min_json", &self.lz4_min_json)
             .finish()
     }
 }
@@ -102,7 +128,22 @@ impl ReplicaCodec {
     /// A codec sealing with `sealer` (purpose `replica`) and refusing replicas
     /// longer than `max_len` base64url characters.
     pub fn new(sealer: Sealer, max_len: usize) -> Self {
-        Self { sealer, max_len }
+        Self {
+            sealer,
+            max_len,
+            lz4_min_json: LZ4_MIN_JSON,
+        }
+    }
+
+    /// The same codec trying LZ4 from `bytes` of JSON on (default
+    /// [`LZ4_MIN_JSON`], which tries it on every replica; `usize::MAX` never
+    /// compresses). Opening does not
+    /// depend on it: a flag byte says whether a replica is compressed.
+    pub fn with_lz4_min_json(self, bytes: usize) -> Self {
+        Self {
+            lz4_min_json: bytes,
+            ..self
+        }
     }
 
     /// The same codec with another size limit.
@@ -118,36 +159,59 @@ impl ReplicaCodec {
     /// Seals the part of `record` that may leave the server
     /// ([`Record::to_replica_record`]) into base64url text.
     pub fn seal(&self, record: &Record) -> Result<String, SealError> {
-        let json = serde_json::to_vec(&record.to_replica_record()).map_err(SealError::Serialize)?;
-        let compressed = lz4_flex::compress_prepend_size(&json);
-        let mut plain = Vec::with_capacity(1 + json.len().min(compressed.len()));
-        if compressed.len() < json.len() {
-            plain.push(LZ4);
-            plain.extend_from_slice(&compressed);
-        } else {
-            plain.push(RAW);
-            plain.extend_from_slice(&json);
-        }
-        let text = self.sealer.seal_b64(&plain, record.id.as_bytes());
-        if text.len() > self.max_len {
+        let blob = self
+            .sealer
+            .seal_with(record.id.as_bytes(), 1 + JSON_SIZE_HINT, |buf| {
+                let flag_at = buf.len();
+                buf.push(RAW);
+                serde_json::to_writer(&mut *buf, &ReplicaView(record))
+                    .map_err(SealError::Serialize)?;
+                let json = &buf[flag_at + 1..];
+                if json.len() >= self.lz4_min_json {
+                    let compressed = lz4_flex::compress_prepend_size(json);
+                    if compressed.len() < json.len() {
+                        buf.truncate(flag_at);
+                        buf.push(LZ4);
+                        buf.extend_from_slice(&compressed);
+                    }
+                }
+                Ok(())
+            })?;
+        let len = base64::encoded_len(blob.len(), false).unwrap_or(usize::MAX);
+        if len > self.max_len {
             return Err(SealError::TooLarge {
-                len: text.len(),
+                len,
                 limit: self.max_len,
             });
         }
-        Ok(text)
+        Ok(URL_SAFE_NO_PAD.encode(blob))
     }
 
     /// Opens a replica presented for session `session_id` at `now_ms` (Unix
     /// ms): size, then seal (with the session id bound), then format, then
     /// deadlines. Attributes whose own deadline has passed are dropped.
     pub fn open(&self, text: &str, session_id: &str, now_ms: u64) -> Result<Record, Rejection> {
+        let mut buf = OPEN_BUF.take();
+        let opened = self.open_in(text, session_id, now_ms, &mut buf);
+        if buf.capacity() <= KEEP_BUFFER {
+            OPEN_BUF.set(buf);
+        }
+        opened
+    }
+
+    fn open_in(
+        &self,
+        text: &str,
+        session_id: &str,
+        now_ms: u64,
+        buf: &mut Vec<u8>,
+    ) -> Result<Record, Rejection> {
         let plain = self
             .sealer
-            .open_b64(text, session_id.as_bytes(), self.max_len)?;
+            .open_b64_into(text, session_id.as_bytes(), self.max_len, buf)?;
         let (&flag, body) = plain.split_first().ok_or(Rejection::Malformed)?;
-        let json = match flag {
-            RAW => std::borrow::Cow::Borrowed(body),
+        let mut record = match flag {
+            RAW => Record::from_json(body),
             LZ4 => {
                 // The prepended size is authenticated, but bound it anyway.
                 let size = body
@@ -157,13 +221,13 @@ impl ReplicaCodec {
                 if size > self.max_len.saturating_mul(64) {
                     return Err(Rejection::Oversize);
                 }
-                std::borrow::Cow::Owned(
-                    lz4_flex::decompress_size_prepended(body).map_err(|_| Rejection::Malformed)?,
-                )
+                let json =
+                    lz4_flex::decompress_size_prepended(body).map_err(|_| Rejection::Malformed)?;
+                Record::from_json(&json)
             }
             _ => return Err(Rejection::Malformed),
-        };
-        let mut record = Record::from_json(&json).map_err(|_| Rejection::Malformed)?;
+        }
+        .map_err(|_| Rejection::Malformed)?;
         if record.id != session_id || record.attributes.values().any(|a| a.once || a.server_only) {
             return Err(Rejection::Malformed);
         }
@@ -172,6 +236,36 @@ impl ReplicaCodec {
         }
         record.purge_expired_attributes(now_ms);
         Ok(record)
+    }
+}
+
+/// Serializes a [`Record`] exactly as [`Record::to_replica_record`] would be
+/// serialized, borrowing instead of cloning: same field names, once-only and
+/// server-only attributes skipped. A test keeps the two identical.
+struct ReplicaView<'a>(&'a Record);
+
+impl Serialize for ReplicaView<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let r = self.0;
+        let mut s = serializer.serialize_struct("Record", 8)?;
+        s.serialize_field("id", &r.id)?;
+        s.serialize_field("version", &r.version)?;
+        s.serialize_field("created_at", &r.created_at)?;
+        s.serialize_field("accessed_at", &r.accessed_at)?;
+        s.serialize_field("idle_deadline", &r.idle_deadline)?;
+        s.serialize_field("absolute_deadline", &r.absolute_deadline)?;
+        s.serialize_field("attributes", &TravellingAttributes(&r.attributes))?;
+        s.serialize_field("replica_seq", &r.replica_seq)?;
+        s.end()
+    }
+}
+
+/// The attributes that may leave the server.
+struct TravellingAttributes<'a>(&'a BTreeMap<String, Attribute>);
+
+impl Serialize for TravellingAttributes<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().filter(|(_, a)| !a.once && !a.server_only))
     }
 }
 
@@ -213,6 +307,123 @@ mod tests {
         assert_eq!(c.open(&text, "sid", 100).unwrap(), r);
         let later = c.open(&text, "sid", 600).unwrap();
         assert!(later.attributes.contains_key("cart") && !later.attributes.contains_key("auth"));
+    }
+
+    /// Replicas written by the version 1 build (XChaCha20-Poly1305 seal,
+    /// LZ4 for every record it shrank) with master key `[0x22; 32]`, for
+    /// [`v1_record`]; the second with a 4096-byte `blob` attribute added.
+    const V1_RAW: &str = "AXpHe8qbkwm5wMZWF4rbYiHLVrMcxx2mEejU8MW9AJt2I71fUfBMLki0aBvy3jYKddgUmaXqXFC-oVyOOVu8jbqK2ZEOYtR6Ua-EKA4KCFCTEc9G4eZEDwVkU8WSYLbC7IG1FhJqQZF-WAi8d8HF7GlwB3HgumZ8oJgH0RlTYCblqWc_WGVF_cDjwWbRNfbrvtau_gIUHDNBl9sEuyWzbL6kD4QTs3f3GIViA6LLubixnlTjQSyKgZLN1w1Ev3EgORMMarx34r0YI2Nvyv8t6jOGlh9RuHPflfaZ5HQdS0gIcFONGK4q74Plz3bORXHdfoQ_9mf71n8n5B2qPSSTzfhvbnEnw955xBy-soKU";
+    const V1_LZ4: &str = "AXpHe8rEeIEUy8fPabVFX8OBq25afTZqeFwrydX5mOIahiGZE-cGl_yWvvClSBGxH1YMRCK7FnlCal9mkj36YGtBIXPwRvsTxRrdkFDWVldT9wiffrE9lKjLSVT149ytC17x4yoUhDwQHSmUgC9aPoIiVfpF5ea0D18JUg6MvT7XAmZMbAfa6l10IVsSExzpa2eQ-oFKinaChRGHG8dQVAoOVaCbT0laZk0YwdJXKsMij2m-lE2zU6P7FPT784wTXWDlWOV4udjyc1qwdXEChEPRvTVwQexHhCIX1gZVqz95sS26Isath91AI6IFP12U-WPeYJ4InYyjKQcTenJKsr2bE5CnZ9KpTgUdVui6rbqKgX8kgiG7Dpdz7czvvwEgQ7bJfv6JYj5ruSCB-w";
+
+    fn v1_record() -> Record {
+        let mut r = Record::new("fixture-sid".into(), 1_000, 60_000, 3_600_000);
+        r.version = 4;
+        r.replica_seq = 1_234;
+        r.attributes.insert(
+            "cart".into(),
+            Attribute::new(serde_json::json!(["tea", {"sku": "cup", "qty": 2}])),
+        );
+        let mut auth = Attribute::new(serde_json::json!("ann"));
+        auth.expires_at = Some(30_000);
+        r.attributes.insert("auth".into(), auth);
+        r
+    }
+
+    #[test]
+    fn opens_replicas_of_the_version_1_build() {
+        let c = codec(0x22);
+        let expected = v1_record();
+        assert_eq!(c.open(V1_RAW, "fixture-sid", 2_000).unwrap(), expected);
+        let mut big = expected.clone();
+        big.attributes.insert(
+            "blob".into(),
+            Attribute::new(serde_json::json!("x".repeat(4096))),
+        );
+        assert_eq!(c.open(V1_LZ4, "fixture-sid", 2_000).unwrap(), big);
+        // Attribute and session deadlines, session binding and key still apply.
+        let later = c.open(V1_RAW, "fixture-sid", 40_000).unwrap();
+        assert!(!later.attributes.contains_key("auth"));
+        assert_eq!(
+            c.open(V1_RAW, "fixture-sid", 61_000),
+            Err(Rejection::Expired)
+        );
+        assert_eq!(c.open(V1_RAW, "other-sid", 2_000), Err(Rejection::Tampered));
+        assert_eq!(
+            codec(0x23).open(V1_RAW, "fixture-sid", 2_000),
+            Err(Rejection::WrongKey)
+        );
+        // What a version 1 replica restores is sealed again in the new format.
+        let again = c.seal(&expected).unwrap();
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        assert_eq!(b64.decode(&again).unwrap()[0], remora_seal::FORMAT_VERSION);
+        assert_eq!(
+            b64.decode(V1_RAW).unwrap()[0],
+            remora_seal::LEGACY_FORMAT_VERSION
+        );
+        assert_eq!(c.open(&again, "fixture-sid", 2_000).unwrap(), expected);
+    }
+
+    /// The plaintext inside a replica sealed by `codec(seed)`.
+    fn plaintext(seed: u8, text: &str, sid: &str) -> Vec<u8> {
+        let ring = Keyring::from_keys(vec![Key::from_bytes([seed; 32])]).unwrap();
+        Sealer::new(&ring, Purpose::Replica)
+            .open_b64(text, sid.as_bytes(), usize::MAX)
+            .unwrap()
+    }
+
+    #[test]
+    fn new_format_and_the_compression_threshold() {
+        use base64::Engine as _;
+        const THRESHOLD: usize = 1024;
+        let c = codec(0x24).with_lz4_min_json(THRESHOLD);
+        let small = record("s", &[("cart", serde_json::json!("x".repeat(300)), None)]);
+        let text = c.seal(&small).unwrap();
+        let blob = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(&text)
+            .unwrap();
+        assert_eq!(blob[0], remora_seal::FORMAT_VERSION);
+        let plain = plaintext(0x24, &text, "s");
+        let json = small.to_replica_record().to_json().unwrap();
+        assert!(json.len() < THRESHOLD);
+        assert_eq!(plain[0], RAW, "JSON under the threshold is not compressed");
+        assert_eq!(&plain[1..], &json[..]);
+        assert_eq!(blob.len(), 1 + json.len() + remora_seal::OVERHEAD);
+        let big = record(
+            "s",
+            &[("cart", serde_json::json!("x".repeat(THRESHOLD)), None)],
+        );
+        let text = c.seal(&big).unwrap();
+        assert_eq!(plaintext(0x24, &text, "s")[0], LZ4);
+        assert_eq!(c.open(&text, "s", 1).unwrap(), big);
+        // The default tries LZ4 on every replica; whatever the threshold, a
+        // replica opens with any codec.
+        let default = codec(0x24);
+        let text = default.seal(&small).unwrap();
+        assert_eq!(plaintext(0x24, &text, "s")[0], LZ4);
+        assert_eq!(c.open(&text, "s", 1).unwrap(), small);
+        let never = codec(0x24).with_lz4_min_json(usize::MAX);
+        let text = never.seal(&big).unwrap();
+        assert_eq!(plaintext(0x24, &text, "s")[0], RAW);
+        assert_eq!(default.open(&text, "s", 1).unwrap(), big);
+        // Incompressible JSON stays raw.
+        const DIGITS: &[u8; 64] =
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let noise: String = (0..8 * THRESHOLD)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                char::from(DIGITS[(x % 64) as usize])
+            })
+            .collect();
+        let noisy = record("s", &[("n", serde_json::json!(noise), None)]);
+        let json = noisy.to_json().unwrap();
+        assert!(lz4_flex::compress_prepend_size(&json).len() >= json.len());
+        let plain = plaintext(0x24, &default.seal(&noisy).unwrap(), "s");
+        assert_eq!(plain[0], RAW);
+        assert_eq!(&plain[1..], &json[..]);
     }
 
     #[test]
@@ -307,6 +518,31 @@ mod tests {
             prop_assert!(c.open(&changed, "s", 1).is_err());
             let cut = cut % text.len();
             prop_assert!(c.open(&text[..cut], "s", 1).is_err());
+        }
+
+        #[test]
+        fn view_serializes_like_the_replica_record(
+            attrs in proptest::collection::btree_map("[a-z]{1,6}", (".{0,12}", any::<Option<u64>>(), any::<bool>(), any::<bool>()), 0..8),
+            times in any::<[u64; 6]>(),
+        ) {
+            let mut r = record("sid-\"quoted\"", &[]);
+            r.version = times[0];
+            r.created_at = times[1];
+            r.accessed_at = times[2];
+            r.idle_deadline = times[3];
+            r.absolute_deadline = times[4];
+            r.replica_seq = times[5];
+            for (k, (v, expires_at, once, server_only)) in attrs {
+                let mut a = Attribute::new(serde_json::json!(v));
+                a.expires_at = expires_at;
+                a.once = once;
+                a.server_only = server_only;
+                r.attributes.insert(k, a);
+            }
+            prop_assert_eq!(
+                serde_json::to_vec(&ReplicaView(&r)).unwrap(),
+                serde_json::to_vec(&r.to_replica_record()).unwrap()
+            );
         }
 
         #[test]
