@@ -4,8 +4,9 @@
 //! Each session is one string at `{prefix}{id}`: a 64-byte header of four
 //! zero-padded 16-digit decimal fields — version, accessed at, idle deadline,
 //! absolute deadline (Unix ms) — followed by the record as JSON. A load is
-//! one `GET`; a save one Lua compare-and-set on the header's version (`GET`,
-//! then `SET ... PXAT` at the session's expiry); a touch rewrites the two
+//! one `GET`; a save one Lua compare-and-set on the header's version (the
+//! version read with `GETRANGE`, then `SET ... PXAT` at the session's
+//! expiry; the whole stored value comes back only on a conflict); a touch rewrites the two
 //! middle header fields in place (`SETRANGE`) and moves the expiry. Every
 //! command touches one key, so the store works unchanged on Redis Cluster.
 //!
@@ -51,9 +52,9 @@ const HEADER: usize = 4 * FIELD;
 // read inside the script renews it atomically). Returns 1 when written,
 // else the stored value ('' for none).
 const SAVE: &str = r"
-local cur = redis.call('GET', KEYS[1])
-if cur then
-  if string.sub(cur, 1, 16) ~= ARGV[1] then return cur end
+local v = redis.call('GETRANGE', KEYS[1], 0, 15)
+if v ~= '' then
+  if v ~= ARGV[1] then return redis.call('GET', KEYS[1]) end
 elseif ARGV[1] ~= '0000000000000000' then
   return ''
 end
