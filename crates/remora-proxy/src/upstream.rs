@@ -37,6 +37,24 @@ use crate::select::RequestGuard;
 pub const MAX_IDLE_PER_SERVER: usize = 64;
 /// An idle server connection unused for this long is closed when next seen.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Server connections kept private by client connections between their
+/// requests, in the whole process. Beyond it a connection goes to the
+/// thread's idle list at once: many quiet clients (10,000 idle keep-alive
+/// connections) then share a few server connections instead of holding
+/// one each until they park.
+pub const MAX_KEPT: usize = 1024;
+
+/// Server connections currently kept in [`Slot`]s.
+static KEPT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Takes the connection out of a slot, counting it out of [`KEPT`].
+fn vacate(slot: &mut Option<Conn>) -> Option<Conn> {
+    let c = slot.take();
+    if c.is_some() {
+        KEPT.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    c
+}
 
 /// Why forwarding failed.
 #[derive(Debug, thiserror::Error)]
@@ -124,7 +142,8 @@ impl Slot {
     /// Moves the kept connection (if any) to the thread's idle list: the
     /// client connection goes idle or away.
     pub fn release(&self) {
-        if let Some(c) = self.0.lock().take() {
+        let c = vacate(&mut self.0.lock());
+        if let Some(c) = c {
             park(c);
         }
     }
@@ -133,21 +152,25 @@ impl Slot {
     fn put(&self, conn: Conn) {
         let mut slot = self.0.lock();
         if slot.is_none() {
-            *slot = Some(conn);
-        } else {
-            drop(slot);
-            park(conn);
+            if KEPT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < MAX_KEPT {
+                *slot = Some(conn);
+                return;
+            }
+            KEPT.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         }
+        drop(slot);
+        park(conn);
     }
 
     /// The kept connection, if it goes to `address` and can take a request now.
     fn take(&self, address: &str) -> Option<Conn> {
         let mut slot = self.0.lock();
-        match slot.take() {
+        match vacate(&mut slot) {
             Some(c) if &*c.address == address && c.sender.is_ready() => Some(c),
             Some(c) if &*c.address == address && !c.sender.is_closed() => {
                 // Its last response may have ended an instant ago and its
                 // task not run since: try again after a yield.
+                KEPT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 *slot = Some(c);
                 None
             }
@@ -162,7 +185,7 @@ impl Slot {
 
     fn take_after_yield(&self, address: &str) -> Option<Conn> {
         let mut slot = self.0.lock();
-        match slot.take() {
+        match vacate(&mut slot) {
             Some(c) if &*c.address == address && c.sender.is_ready() => Some(c),
             Some(c) => {
                 drop(slot);
@@ -183,7 +206,7 @@ impl Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        if let Some(c) = self.0.get_mut().take() {
+        if let Some(c) = vacate(self.0.get_mut()) {
             park(c);
         }
     }
