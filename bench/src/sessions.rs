@@ -47,10 +47,20 @@ pub struct Args {
     /// Redis for both libraries' Redis stores (never flushed).
     #[arg(long, default_value = "redis://127.0.0.1:6379")]
     redis: String,
-    /// Connections in tower-sessions' fred pool (Remora's `RedisStore`
-    /// opens its default of 4 multiplexed connections).
+    /// Connections in tower-sessions' fred pool.
     #[arg(long, default_value_t = 4)]
     tower_pool: usize,
+    /// Multiplexed connections of Remora's `RedisStore`
+    /// (`RedisStoreBuilder::connections`).
+    #[arg(long, default_value_t = remora_session::store::DEFAULT_CONNECTIONS)]
+    remora_connections: usize,
+    /// Whether Remora's `RedisStore` coalesces concurrent commands into
+    /// pipelines (`RedisStoreBuilder::coalesce`).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    remora_coalesce: bool,
+    /// Which apps to measure (comma-separated; default: all five).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    apps: Vec<AppKind>,
     /// Measure every app this many times, interleaved, and report each
     /// app's median run (by requests/s).
     #[arg(long, default_value_t = 1)]
@@ -115,6 +125,8 @@ pub fn run(args: Args) -> Result<(), BenchError> {
             prefix: args.prefix,
             threads: args.app_threads,
             tower_pool: args.tower_pool,
+            remora_connections: args.remora_connections,
+            remora_coalesce: args.remora_coalesce,
         });
     }
     let dir = tempfile::Builder::new()
@@ -139,10 +151,18 @@ pub fn run(args: Args) -> Result<(), BenchError> {
         duration: *args.duration,
     };
     let rounds = args.rounds.max(1);
-    let bar = report::progress(AppKind::ALL.len() as u64 * u64::from(rounds) * 100);
+    let kinds: Vec<AppKind> = if args.apps.is_empty() {
+        AppKind::ALL.to_vec()
+    } else {
+        AppKind::ALL
+            .into_iter()
+            .filter(|k| args.apps.contains(k))
+            .collect()
+    };
+    let bar = report::progress(kinds.len() as u64 * u64::from(rounds) * 100);
 
     let mut apps: Vec<(AppKind, Option<Running>, Outcome)> = Vec::new();
-    for kind in AppKind::ALL {
+    for kind in kinds {
         bar.set_message(format!("starting {}", kind.name()));
         let mut outcome = Outcome::default();
         let started = start(kind, &args, &prefix, dir.path());
@@ -237,7 +257,11 @@ fn start(kind: AppKind, args: &Args, prefix: &str, dir: &Path) -> Result<Running
         .arg("--app-threads")
         .arg(args.app_threads.to_string())
         .arg("--tower-pool")
-        .arg(args.tower_pool.to_string());
+        .arg(args.tower_pool.to_string())
+        .arg("--remora-connections")
+        .arg(args.remora_connections.to_string())
+        .arg("--remora-coalesce")
+        .arg(args.remora_coalesce.to_string());
     let log = dir.join(format!("{}.log", kind.name()));
     let mut guard = Guard::spawn(kind.name(), cmd, &log)?;
     proc::wait_for_port(addr, &mut guard, Duration::from_secs(15))?;
@@ -578,6 +602,8 @@ mod tests {
                 prefix: String::new(),
                 threads: 1,
                 tower_pool: 1,
+                remora_connections: 1,
+                remora_coalesce: true,
             };
             let router = rt.block_on(app::build(&cfg)).expect("build the app");
             rt.spawn(async move { axum::serve(listener, router).await });

@@ -87,6 +87,10 @@ pub struct AppConfig {
     pub threads: usize,
     /// Connections in tower-sessions' fred pool.
     pub tower_pool: usize,
+    /// Connections of Remora's `RedisStore`.
+    pub remora_connections: usize,
+    /// Whether Remora's `RedisStore` coalesces commands into pipelines.
+    pub remora_coalesce: bool,
 }
 
 /// The next list after `items` and the number appended.
@@ -148,8 +152,10 @@ pub async fn build(cfg: &AppConfig) -> Result<Router, BenchError> {
         AppKind::RemoraMemory => remora_app(remora_session::MemoryStore::new()),
         AppKind::TowerMemory => tower_app(tower_sessions::MemoryStore::default()),
         AppKind::RemoraRedis | AppKind::RemoraRedisNocache => {
-            let mut b =
-                remora_session::store::RedisStore::builder(&cfg.redis).prefix(cfg.prefix.clone());
+            let mut b = remora_session::store::RedisStore::builder(&cfg.redis)
+                .prefix(cfg.prefix.clone())
+                .connections(cfg.remora_connections)
+                .coalesce(cfg.remora_coalesce);
             if cfg.kind == AppKind::RemoraRedis {
                 b = b.near_cache(remora_session::store::NearCache::new(100_000));
             }

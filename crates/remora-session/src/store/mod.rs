@@ -26,7 +26,9 @@ pub use postgres::{InvalidTableName, PostgresStore};
 #[cfg(feature = "redb")]
 pub use redb::RedbStore;
 #[cfg(feature = "redis")]
-pub use redis::{NearCache, NearCacheStats, RedisStore, RedisStoreBuilder};
+pub use redis::{
+    CoalescingStats, DEFAULT_CONNECTIONS, NearCache, NearCacheStats, RedisStore, RedisStoreBuilder,
+};
 
 /// A boxed, sendable future: what every [`Store`] method returns, so that
 /// `Arc<dyn Store>` works.

@@ -4,11 +4,17 @@
 //! Each session is one string at `{prefix}{id}`: a 64-byte header of four
 //! zero-padded 16-digit decimal fields — version, accessed at, idle deadline,
 //! absolute deadline (Unix ms) — followed by the record as JSON. A load is
-//! one `GET`; a save one Lua compare-and-set on the header's version (the
-//! version read with `GETRANGE`, then `SET ... PXAT` at the session's
-//! expiry; the whole stored value comes back only on a conflict); a touch rewrites the two
-//! middle header fields in place (`SETRANGE`) and moves the expiry. Every
-//! command touches one key, so the store works unchanged on Redis Cluster.
+//! one `GET`; a save one Lua compare-and-set on the header's version: the
+//! script writes with `SET ... PXAT ... GET` and checks the version of the
+//! value it replaced; on a mismatch it puts that value back, with its own
+//! expiry, before returning it (a script runs atomically, so nobody sees the
+//! refused write). A touch rewrites the two middle header fields in place
+//! (`SETRANGE`) and moves the expiry. Every command touches one key, so the
+//! store works unchanged on Redis Cluster.
+//!
+//! On a single node, commands that requests issue on one connection at about
+//! the same moment go out as one pipeline (the `batch` module,
+//! [`RedisStoreBuilder::coalesce`]).
 //!
 //! With a near cache ([`RedisStoreBuilder::near_cache`], single node only),
 //! loads of sessions this process used recently are answered from memory:
@@ -16,12 +22,17 @@
 //! remembers which keys each connection read and pushes an invalidation
 //! when *another* client changes one of them; the entry is then dropped (see
 //! the `near` module for the rules that keep this exact). A session always
-//! uses the same connection, and the save and touch scripts read the key
-//! again after writing it, because a write ends the writer's own tracking
-//! of a key. A request then costs one Redis round trip, the save.
+//! uses the same connection. A write ends the writer's own tracking of a
+//! key, so a save is followed, in the same pipeline, by a read of the
+//! version (`GETRANGE`), which renews it; the saved record is kept only if
+//! that read sees its own version (nobody wrote in between). The touch
+//! script reads the key again itself. A request then costs one Redis round
+//! trip, the save.
 
+mod batch;
 mod near;
 
+pub use batch::CoalescingStats;
 pub use near::{NearCache, NearCacheStats};
 
 use std::sync::Arc;
@@ -33,6 +44,7 @@ use redis::{Cmd, IntoConnectionInfo, PushInfo, PushKind, Script, Value};
 use super::{BoxFuture, SaveOutcome, Store};
 use crate::error::StoreError;
 use crate::record::{Record, now_ms};
+use batch::Batcher;
 use near::Cache;
 
 /// Default key prefix.
@@ -47,20 +59,28 @@ const FIELD: usize = 16;
 const HEADER: usize = 4 * FIELD;
 
 // KEYS[1] the key; ARGV[1] expected version (16 digits), ARGV[2] the new
-// value, ARGV[3] its expiry (Unix ms), ARGV[4] '1' to read the key again
-// after writing it (a write ends the writer's own tracking of the key; a
-// read inside the script renews it atomically). Returns 1 when written,
-// else the stored value ('' for none).
+// value, ARGV[3] its expiry (Unix ms). Writes first and checks after (one
+// `SET ... GET` instead of a read and a write: each `redis.call` costs
+// about as much as the command it runs): if the value replaced was not
+// the expected version, it is put back with its own expiry (from its
+// header) before the script returns, so no other client ever sees the
+// write. Returns 1 when written, else the stored value ('' for none).
 const SAVE: &str = r"
-local v = redis.call('GETRANGE', KEYS[1], 0, 15)
-if v ~= '' then
-  if v ~= ARGV[1] then return redis.call('GET', KEYS[1]) end
-elseif ARGV[1] ~= '0000000000000000' then
+local old = redis.call('SET', KEYS[1], ARGV[2], 'PXAT', ARGV[3], 'GET')
+if not old then
+  if ARGV[1] == '0000000000000000' then return 1 end
+  redis.call('DEL', KEYS[1])
   return ''
 end
-redis.call('SET', KEYS[1], ARGV[2], 'PXAT', ARGV[3])
-if ARGV[4] == '1' then redis.call('STRLEN', KEYS[1]) end
-return 1
+if string.sub(old, 1, 16) == ARGV[1] then return 1 end
+local i = tonumber(string.sub(old, 33, 48))
+local x = tonumber(string.sub(old, 49, 64))
+if i and x and math.min(i, x) > 0 then
+  redis.call('SET', KEYS[1], old, 'PXAT', string.format('%d', math.min(i, x)))
+else
+  redis.call('SET', KEYS[1], old, 'KEEPTTL')
+end
+return old
 ";
 
 // KEYS[1] the key; ARGV[1] accessed at, ARGV[2] idle deadline (Unix ms),
@@ -90,6 +110,7 @@ pub struct RedisStoreBuilder {
     connections: usize,
     prefix: String,
     near: Option<NearCache>,
+    coalesce: bool,
 }
 
 impl RedisStoreBuilder {
@@ -110,6 +131,16 @@ impl RedisStoreBuilder {
     /// coherent by Redis's invalidation pushes. Needs Redis 6 or later.
     pub fn near_cache(mut self, cfg: NearCache) -> Self {
         self.near = Some(cfg);
+        self
+    }
+
+    /// Whether commands that requests issue on one connection at about the
+    /// same moment go to Redis as one pipeline (default `true`): one system
+    /// call on each side for many saves, which under load costs far less
+    /// CPU than one each, and nothing waits on a timer for it. Off, every
+    /// command is written as soon as it is issued.
+    pub fn coalesce(mut self, on: bool) -> Self {
+        self.coalesce = on;
         self
     }
 
@@ -149,6 +180,16 @@ impl RedisStoreBuilder {
             conns.push(Conn::Single(cm));
         }
         let mut store = RedisStore::build(conns);
+        if self.coalesce {
+            store.batchers = store
+                .conns
+                .iter()
+                .map(|c| match c {
+                    Conn::Single(cm) => Some(Batcher::new(cm.clone())),
+                    Conn::Cluster(_) => None,
+                })
+                .collect();
+        }
         store.prefix = self.prefix;
         store.cache = cache;
         store.tracked = tracked;
@@ -203,6 +244,8 @@ pub struct RedisStore {
     cache: Option<Arc<Cache>>,
     /// Per connection: the `CLIENT ID` whose tracking is on, 0 = not known.
     tracked: Arc<[AtomicU64]>,
+    /// Per connection: its coalescing queue (empty: coalescing off).
+    batchers: Arc<[Option<Arc<Batcher>>]>,
     tracking_setup: Arc<tokio::sync::Mutex<()>>,
 }
 
@@ -212,6 +255,7 @@ impl std::fmt::Debug for RedisStore {
             .field("prefix", &self.prefix)
             .field("connections", &self.conns.len())
             .field("near_cache", &self.cache.is_some())
+            .field("coalesce", &!self.batchers.is_empty())
             .finish_non_exhaustive()
     }
 }
@@ -248,6 +292,7 @@ impl RedisStore {
             connections: DEFAULT_CONNECTIONS,
             prefix: DEFAULT_PREFIX.to_owned(),
             near: None,
+            coalesce: true,
         }
     }
 
@@ -278,6 +323,7 @@ impl RedisStore {
             cache: None,
             tracked: (0..n).map(|_| AtomicU64::new(0)).collect(),
             tracking_setup: Default::default(),
+            batchers: Arc::new([]),
         }
     }
 
@@ -286,6 +332,17 @@ impl RedisStore {
     pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
         self
+    }
+
+    /// What coalescing did (`None` when it is off, or on a Cluster).
+    pub fn coalescing_stats(&self) -> Option<CoalescingStats> {
+        let mut stats = CoalescingStats::default();
+        let mut any = false;
+        for b in self.batchers.iter().flatten() {
+            b.add_stats(&mut stats);
+            any = true;
+        }
+        any.then_some(stats)
     }
 
     /// The near cache's counters (`None` without a near cache).
@@ -298,12 +355,6 @@ impl RedisStore {
         k.push_str(&self.prefix);
         k.push_str(id);
         k
-    }
-
-    /// The connection for `key` and its index.
-    fn conn(&self, key: &str) -> (usize, Conn) {
-        let j = route(key, self.conns.len());
-        (j, self.conns[j].clone())
     }
 
     /// Makes sure connection `j` tracks our prefix; returns its `CLIENT ID`,
@@ -340,40 +391,57 @@ impl RedisStore {
         }
     }
 
-    /// Runs `cmd` on connection `j` — followed by `CLIENT ID` when `with_id`
-    /// — loading the script `cmd` calls (its code: `script`) and retrying
-    /// once if Redis lost it.
+    /// Runs `cmds` on connection `j`, adjacent and in order in one
+    /// pipeline (queued with others' when coalescing is on) — followed by
+    /// `CLIENT ID` when `with_id` — loading the script the first command
+    /// calls (its code: `script`) and retrying once if Redis lost it.
+    /// Returns the replies in order.
     async fn run(
         &self,
         j: usize,
-        cmd: &Cmd,
+        cmds: Vec<Cmd>,
+        script: Option<&'static str>,
+        with_id: bool,
+    ) -> Result<(Vec<Value>, Option<u64>), StoreError> {
+        let batcher = self.batchers.get(j).and_then(Option::as_ref);
+        let mut conn = self.conns[j].clone();
+        // A retry needs the commands again; only a script can need one.
+        let again = script.map(|_| cmds.clone());
+        let r = match batcher {
+            Some(b) => b.query(cmds, with_id).await,
+            None => batch::query_now(&mut conn, cmds, with_id).await,
+        };
+        match (r, script, again) {
+            (Err(e), Some(code), Some(cmds)) if e.code() == Some("NOSCRIPT") => {
+                redis::cmd("SCRIPT")
+                    .arg("LOAD")
+                    .arg(code)
+                    .query_async::<String>(&mut conn)
+                    .await
+                    .map_err(StoreError::Redis)?;
+                match batcher {
+                    Some(b) => b.query(cmds, with_id).await,
+                    None => batch::query_now(&mut conn, cmds, with_id).await,
+                }
+                .map_err(StoreError::Redis)
+            }
+            (r, _, _) => r.map_err(StoreError::Redis),
+        }
+    }
+
+    /// Like [`RedisStore::run`] for one command: its reply.
+    async fn run_one(
+        &self,
+        j: usize,
+        cmd: Cmd,
         script: Option<&'static str>,
         with_id: bool,
     ) -> Result<(Value, Option<u64>), StoreError> {
-        let mut conn = self.conns[j].clone();
-        for attempt in 0..2 {
-            let r = if with_id {
-                let mut p = redis::pipe();
-                p.add_command(cmd.clone()).cmd("CLIENT").arg("ID");
-                p.query_async::<(Value, u64)>(&mut conn)
-                    .await
-                    .map(|(v, id)| (v, Some(id)))
-            } else {
-                cmd.query_async::<Value>(&mut conn).await.map(|v| (v, None))
-            };
-            match (r, script) {
-                (Err(e), Some(code)) if attempt == 0 && e.code() == Some("NOSCRIPT") => {
-                    redis::cmd("SCRIPT")
-                        .arg("LOAD")
-                        .arg(code)
-                        .query_async::<String>(&mut conn)
-                        .await
-                        .map_err(StoreError::Redis)?;
-                }
-                (r, _) => return r.map_err(StoreError::Redis),
-            }
-        }
-        Err(StoreError::Malformed("script could not be loaded"))
+        let (mut values, id) = self.run(j, vec![cmd], script, with_id).await?;
+        let v = values
+            .pop()
+            .ok_or(StoreError::Malformed("a command got no reply"))?;
+        Ok((v, id))
     }
 }
 
@@ -452,23 +520,22 @@ impl Store for RedisStore {
     fn load<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<Record>, StoreError>> {
         Box::pin(async move {
             let key = self.key(id);
-            let (j, mut conn) = self.conn(&key);
+            let j = route(&key, self.conns.len());
+            let mut get = redis::cmd("GET");
+            get.arg(&key);
             let Some(cache) = &self.cache else {
-                let v: Option<Vec<u8>> = redis::cmd("GET")
-                    .arg(&key)
-                    .query_async(&mut conn)
-                    .await
-                    .map_err(StoreError::Redis)?;
-                return v.as_deref().map(decode).transpose().map(Option::flatten);
+                let (v, _) = self.run_one(j, get, None, false).await?;
+                return match v {
+                    Value::BulkString(b) => decode(&b),
+                    _ => Ok(None),
+                };
             };
             if let Some(r) = cache.get(&key, now_ms()) {
                 return Ok(Some(r));
             }
             let tracked = self.tracking(j).await;
             let generation = cache.generation(&key);
-            let mut get = redis::cmd("GET");
-            get.arg(&key);
-            let (v, client) = self.run(j, &get, None, tracked.is_some()).await?;
+            let (v, client) = self.run_one(j, get, None, tracked.is_some()).await?;
             let rec = match v {
                 Value::BulkString(b) => decode(&b)?,
                 _ => None,
@@ -500,13 +567,36 @@ impl Store for RedisStore {
                 .arg(&key)
                 .arg(version_field(expected_version))
                 .arg(value)
-                .arg(record.expires_at())
-                .arg(if tracked.is_some() { "1" } else { "0" });
-            let (v, client) = self.run(j, &cmd, Some(SAVE), tracked.is_some()).await?;
+                .arg(record.expires_at());
+            let mut cmds = vec![cmd];
+            if tracked.is_some() {
+                // A write ends the writer's own tracking of the key; this
+                // read renews it. Another save in between would change the
+                // version, so the record is kept only if this read sees its
+                // own version.
+                let mut read = redis::cmd("GETRANGE");
+                read.arg(&key).arg(0).arg(FIELD - 1);
+                cmds.push(read);
+            }
+            let (mut replies, client) = self.run(j, cmds, Some(SAVE), tracked.is_some()).await?;
+            let seen = if tracked.is_some() {
+                replies.pop()
+            } else {
+                None
+            };
+            let v = replies
+                .pop()
+                .ok_or(StoreError::Malformed("a save got no reply"))?;
             match v {
                 Value::Int(1) => {
                     if let Some(g) = generation {
-                        self.keep(j, &key, g, tracked, client, record);
+                        let mine = matches!(&seen, Some(Value::BulkString(b))
+                            if b.as_slice() == version_field(record.version).as_bytes());
+                        if mine {
+                            self.keep(j, &key, g, tracked, client, record);
+                        } else if let Some(c) = &self.cache {
+                            c.invalidate(&key);
+                        }
                     }
                     Ok(SaveOutcome::Saved {
                         new_version: record.version,
@@ -529,15 +619,13 @@ impl Store for RedisStore {
     fn delete<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
             let key = self.key(id);
-            let (_, mut conn) = self.conn(&key);
+            let j = route(&key, self.conns.len());
             if let Some(c) = &self.cache {
                 c.invalidate(&key);
             }
-            let r = redis::cmd("DEL")
-                .arg(&key)
-                .query_async::<()>(&mut conn)
-                .await
-                .map_err(StoreError::Redis);
+            let mut del = redis::cmd("DEL");
+            del.arg(&key);
+            let r = self.run_one(j, del, None, false).await.map(|_| ());
             if let Some(c) = &self.cache {
                 c.invalidate(&key);
             }
@@ -565,7 +653,7 @@ impl Store for RedisStore {
                 .arg(accessed_at)
                 .arg(idle_deadline)
                 .arg(if tracked.is_some() { "1" } else { "0" });
-            let (v, _) = self.run(j, &cmd, Some(TOUCH), false).await?;
+            let (v, _) = self.run_one(j, cmd, Some(TOUCH), false).await?;
             let touched = matches!(v, Value::Int(1));
             if let Some(c) = &self.cache {
                 if touched {
