@@ -2,6 +2,7 @@
 //! connection for long-polling, or one WebSocket, each carrying JSON arrays
 //! of messages; and the few messages the benchmark sends.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -71,10 +72,17 @@ impl Http {
 
     /// POSTs `messages` and returns the reply array.
     pub async fn post(&mut self, messages: &Value) -> Result<Vec<Value>, BenchError> {
+        let body = self.post_raw(Bytes::from(messages.to_string())).await?;
+        parse_array(&body).map_err(|e| http_err("parse a reply from", self.addr, e))
+    }
+
+    /// POSTs an already serialised message array and returns the reply
+    /// body unparsed (the load loops parse it with [`parse_deliveries`]).
+    pub async fn post_raw(&mut self, messages: Bytes) -> Result<Bytes, BenchError> {
         let request = http::Request::post(PATH)
             .header(http::header::HOST, "bench.test")
             .header(http::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(messages.to_string())))
+            .body(Full::new(messages))
             .map_err(|e| http_err("build a request for", self.addr, e))?;
         self.send
             .ready()
@@ -98,7 +106,7 @@ impl Http {
                 format!("status {status}: {}", String::from_utf8_lossy(&body)),
             ));
         }
-        parse_array(&body).map_err(|e| http_err("parse a reply from", self.addr, e))
+        Ok(body)
     }
 }
 
@@ -125,8 +133,22 @@ impl Ws {
             .map_err(|e| http_err("send on the WebSocket to", self.addr, e))
     }
 
+    /// Sends already serialised messages as one text frame.
+    pub async fn send_text(&mut self, messages: &str) -> Result<(), BenchError> {
+        self.socket
+            .send(WsMessage::text(messages))
+            .await
+            .map_err(|e| http_err("send on the WebSocket to", self.addr, e))
+    }
+
     /// The next array of messages (pings and other control frames skipped).
     pub async fn recv(&mut self) -> Result<Vec<Value>, BenchError> {
+        let frame = self.recv_raw().await?;
+        parse_array(&frame).map_err(|e| http_err("parse a frame from", self.addr, e))
+    }
+
+    /// The payload of the next text or binary frame, unparsed.
+    pub async fn recv_raw(&mut self) -> Result<Bytes, BenchError> {
         loop {
             let frame = self
                 .socket
@@ -135,14 +157,8 @@ impl Ws {
                 .ok_or_else(|| http_err("WebSocket closed by", self.addr, "end of stream"))?
                 .map_err(|e| http_err("read the WebSocket from", self.addr, e))?;
             match frame {
-                WsMessage::Text(text) => {
-                    return parse_array(text.as_bytes())
-                        .map_err(|e| http_err("parse a frame from", self.addr, e));
-                }
-                WsMessage::Binary(bin) => {
-                    return parse_array(&bin)
-                        .map_err(|e| http_err("parse a frame from", self.addr, e));
-                }
+                WsMessage::Text(text) => return Ok(Bytes::from(text)),
+                WsMessage::Binary(bin) => return Ok(bin),
                 WsMessage::Close(_) => {
                     return Err(http_err("WebSocket closed by", self.addr, "close frame"));
                 }
@@ -187,6 +203,61 @@ fn parse_array(body: &[u8]) -> Result<Vec<Value>, serde_json::Error> {
     }
 }
 
+/// One message received by a load loop, parsed without building a
+/// `serde_json::Value`: only the fields the benchmark checks are kept, the
+/// rest is skipped.
+#[derive(Debug, serde::Deserialize)]
+pub struct Delivery<'a> {
+    /// The channel (borrowed from the frame unless it holds escapes).
+    #[serde(borrow, default)]
+    pub channel: Option<Cow<'a, str>>,
+    /// `data` of a room message.
+    #[serde(default)]
+    pub data: Option<Stamp>,
+    /// `successful` of a reply.
+    #[serde(default)]
+    pub successful: Option<bool>,
+    /// `error` of a failed reply.
+    #[serde(borrow, default)]
+    pub error: Option<Cow<'a, str>>,
+}
+
+/// The `data` the publishers send: `{"t": µs since the run's epoch}`.
+#[derive(Debug, serde::Deserialize)]
+pub struct Stamp {
+    /// When the publish was sent.
+    pub t: Option<u64>,
+}
+
+/// Parses a JSON array of messages (a lone object as an array of one).
+pub fn parse_deliveries(body: &[u8]) -> Result<Vec<Delivery<'_>>, serde_json::Error> {
+    match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => Ok(vec![serde_json::from_slice(body)?]),
+        _ => serde_json::from_slice(body),
+    }
+}
+
+/// A batch of publishes of `{"t": sent_us}`, one per channel of `rooms`
+/// (`/rooms/N`), as one JSON array: a Bayeux client may send several
+/// messages in one request, as the CometD client batches them.
+pub fn publish_batch(client_id: &str, rooms: &[usize], sent_us: u64) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(rooms.len() * (client_id.len() + 64) + 2);
+    out.push('[');
+    for (i, room) in rooms.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        // Client ids are the servers' own (hex / alphanumeric): no escaping.
+        let _ = write!(
+            out,
+            r#"{{"channel":"/rooms/{room}","clientId":"{client_id}","data":{{"t":{sent_us}}}}}"#
+        );
+    }
+    out.push(']');
+    out
+}
+
 /// `[{"channel":"/meta/handshake",...}]` offering `transport`.
 pub fn handshake(transport: Transport) -> Value {
     json!([{
@@ -213,11 +284,6 @@ pub fn subscribe(client_id: &str, subscription: &str) -> Value {
         "clientId": client_id,
         "subscription": subscription,
     }])
-}
-
-/// A publish of `{"t": sent_us}` on `channel`.
-pub fn publish(client_id: &str, channel: &str, sent_us: u64) -> Value {
-    json!([{ "channel": channel, "clientId": client_id, "data": { "t": sent_us } }])
 }
 
 /// The `clientId` of a successful handshake reply (first of `replies`).
@@ -270,10 +336,31 @@ mod tests {
     }
 
     #[test]
+    fn deliveries_parse_typed() {
+        let d = parse_deliveries(
+            br#"[{"channel":"/rooms/1","data":{"t":7},"id":"x","ext":{}},
+                 {"channel":"/meta/connect","successful":false,"error":"402::session_unknown",
+                  "advice":{"reconnect":"handshake"}}]"#,
+        )
+        .expect("array");
+        assert_eq!(d[0].channel.as_deref(), Some("/rooms/1"));
+        assert_eq!(d[0].data.as_ref().and_then(|s| s.t), Some(7));
+        assert_eq!(d[1].successful, Some(false));
+        assert_eq!(d[1].error.as_deref(), Some("402::session_unknown"));
+        let one =
+            parse_deliveries(br#" {"channel":"/meta/connect","successful":true}"#).expect("object");
+        assert_eq!(one.len(), 1);
+        assert!(parse_deliveries(b"[1]").is_err());
+    }
+
+    #[test]
     fn messages_have_the_bayeux_shape() {
-        let p = publish("c1", "/rooms/3", 42);
+        let p: Value = serde_json::from_str(&publish_batch("c1", &[3, 0], 42)).expect("JSON");
         assert_eq!(p[0]["channel"], "/rooms/3");
+        assert_eq!(p[0]["clientId"], "c1");
         assert_eq!(p[0]["data"]["t"], 42);
+        assert_eq!(p[1]["channel"], "/rooms/0");
+        assert_eq!(p.as_array().map(Vec::len), Some(2));
         assert_eq!(
             connect("c1", Transport::WebSocket)[0]["connectionType"],
             "websocket"
