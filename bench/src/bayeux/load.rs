@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 use rand::rngs::StdRng;
@@ -23,7 +22,7 @@ use rand::{Rng, SeedableRng};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use super::wire::{self, Delivery, Http, Transport, Ws};
+use super::wire::{self, Delivery, Http, RawHttp, Transport, Ws};
 use crate::BenchError;
 
 /// What one load run does.
@@ -203,7 +202,7 @@ fn verify(room: &str, channel: &str, m: &Delivery<'_>, now: u64) -> Result<u64, 
 
 /// A subscriber after handshake and subscribe.
 enum Subscriber {
-    LongPolling { http: Http, id: String },
+    LongPolling { http: RawHttp, id: String },
     WebSocket { ws: Box<Ws>, id: String },
 }
 
@@ -276,15 +275,12 @@ pub async fn run(
         let mut http = Http::connect(addr).await?;
         let replies = http.post(&wire::handshake(Transport::LongPolling)).await?;
         let id: Arc<str> = Arc::from(wire::client_id(&replies)?);
-        let mut keep = Http::connect(addr).await?;
-        let connect = Bytes::from(wire::connect(&id, Transport::LongPolling).to_string());
-        tasks.spawn(async move { while keep.post_raw(connect.clone()).await.is_ok() {} });
-        let mut first = Some(http);
+        drop(http);
+        let mut keep = RawHttp::connect(addr).await?;
+        let connect = wire::connect(&id, Transport::LongPolling).to_string();
+        tasks.spawn(async move { while keep.post(connect.as_bytes()).await.is_ok() {} });
         for k in 0..in_flight {
-            let http = match first.take() {
-                Some(h) => h,
-                None => Http::connect(addr).await?,
-            };
+            let http = RawHttp::connect(addr).await?;
             // Spread the senders' ticks evenly over one period.
             let n = p * in_flight + k;
             let start = first_tick + period.mul_f64(n as f64 / senders as f64);
@@ -363,7 +359,7 @@ impl Sender<'_> {
     /// Publishes until aborted or an exchange fails.
     async fn run(
         self,
-        mut http: Http,
+        mut http: RawHttp,
         per_room: &[u64],
         shared: &Shared,
     ) -> Result<(), BenchError> {
@@ -383,9 +379,9 @@ impl Sender<'_> {
                 shared.offered.fetch_add(batch as u64, Ordering::Relaxed);
             }
             let body = http
-                .post_raw(Bytes::from(wire::publish_batch(self.client_id, &rooms, t)))
+                .post(wire::publish_batch(self.client_id, &rooms, t).as_bytes())
                 .await?;
-            let acked = wire::parse_deliveries(&body)
+            let acked = wire::parse_deliveries(body)
                 .map_err(|e| BenchError::Http(format!("unparsable publish reply: {e}")))?
                 .iter()
                 .filter(|m| {
@@ -398,7 +394,7 @@ impl Sender<'_> {
             if acked != batch {
                 return Err(BenchError::Http(format!(
                     "{acked} of {batch} publishes acknowledged: {}",
-                    String::from_utf8_lossy(&body)
+                    String::from_utf8_lossy(body)
                 )));
             }
             if counted {
@@ -419,10 +415,10 @@ async fn subscriber(
 ) -> Result<Subscriber, BenchError> {
     match transport {
         Transport::LongPolling => {
-            let mut http = Http::connect(addr).await?;
-            let replies = http.post(&wire::handshake(transport)).await?;
+            let mut http = RawHttp::connect(addr).await?;
+            let replies = http.call(&wire::handshake(transport)).await?;
             let id = wire::client_id(&replies)?;
-            let replies = http.post(&wire::subscribe(&id, room)).await?;
+            let replies = http.call(&wire::subscribe(&id, room)).await?;
             wire::expect_reply(&replies, "/meta/subscribe")?;
             Ok(Subscriber::LongPolling { http, id })
         }
@@ -453,10 +449,10 @@ async fn receive_loop(
 ) -> Result<(), BenchError> {
     match subscriber {
         Subscriber::LongPolling { mut http, id } => {
-            let body = Bytes::from(wire::connect(&id, Transport::LongPolling).to_string());
+            let body = wire::connect(&id, Transport::LongPolling).to_string();
             loop {
-                let reply = http.post_raw(body.clone()).await?;
-                shared.receive(room, &reply)?;
+                let reply = http.post(body.as_bytes()).await?;
+                shared.receive(room, reply)?;
             }
         }
         Subscriber::WebSocket { mut ws, id } => {

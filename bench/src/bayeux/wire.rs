@@ -110,6 +110,137 @@ impl Http {
     }
 }
 
+/// A minimal keep-alive HTTP/1.1 client for the load loops: one POST at a
+/// time on one connection, driven by the task that uses it (no connection
+/// task, no request channel), its read buffer reused from one response to
+/// the next. It needs a `Content-Length` on every response (both servers
+/// send one; anything else is an error, never a guess).
+pub struct RawHttp {
+    addr: SocketAddr,
+    stream: TcpStream,
+    buf: Vec<u8>,
+    request: Vec<u8>,
+}
+
+/// Most header fields read in a response.
+const RAW_MAX_HEADERS: usize = 32;
+
+impl RawHttp {
+    /// Opens the connection.
+    pub async fn connect(addr: SocketAddr) -> Result<Self, BenchError> {
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|source| BenchError::Io {
+                what: format!("connect to {addr} (bayeux)"),
+                source,
+            })?;
+        let _ = stream.set_nodelay(true);
+        Ok(Self {
+            addr,
+            stream,
+            buf: Vec::with_capacity(4096),
+            request: Vec::with_capacity(512),
+        })
+    }
+
+    /// POSTs `messages` (a serialised JSON array) to the Bayeux path and
+    /// returns the response body, which must have status 200.
+    pub async fn post(&mut self, messages: &[u8]) -> Result<&[u8], BenchError> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        self.request.clear();
+        self.request.extend_from_slice(
+            format!(
+                "POST {PATH} HTTP/1.1\r\nHost: bench.test\r\nContent-Type: application/json\r\n\
+                 Content-Length: {}\r\n\r\n",
+                messages.len()
+            )
+            .as_bytes(),
+        );
+        self.request.extend_from_slice(messages);
+        self.stream
+            .write_all(&self.request)
+            .await
+            .map_err(|e| http_err("POST", self.addr, e))?;
+        // Whatever is left of the previous response was consumed with it.
+        self.buf.clear();
+        loop {
+            if let Some((head_len, body_len)) = self.parse_head()? {
+                let end = head_len + body_len;
+                while self.buf.len() < end {
+                    self.buf.reserve(end - self.buf.len());
+                    let n = self
+                        .stream
+                        .read_buf(&mut self.buf)
+                        .await
+                        .map_err(|e| http_err("read a reply from", self.addr, e))?;
+                    if n == 0 {
+                        return Err(http_err("connection closed by", self.addr, "mid-body"));
+                    }
+                }
+                return Ok(&self.buf[head_len..end]);
+            }
+            self.buf.reserve(4096);
+            let n = self
+                .stream
+                .read_buf(&mut self.buf)
+                .await
+                .map_err(|e| http_err("read a reply from", self.addr, e))?;
+            if n == 0 {
+                return Err(http_err(
+                    "connection closed by",
+                    self.addr,
+                    "before a reply",
+                ));
+            }
+        }
+    }
+
+    /// POSTs `messages` and returns the parsed reply array (setup only).
+    pub async fn call(&mut self, messages: &Value) -> Result<Vec<Value>, BenchError> {
+        let addr = self.addr;
+        let body = self.post(messages.to_string().as_bytes()).await?;
+        parse_array(body).map_err(|e| http_err("parse a reply from", addr, e))
+    }
+
+    /// The head's length and the body's, once the head is complete.
+    fn parse_head(&self) -> Result<Option<(usize, usize)>, BenchError> {
+        let mut fields = [httparse::EMPTY_HEADER; RAW_MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut fields);
+        let head_len = match response.parse(&self.buf) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(e) => return Err(http_err("parse a reply head from", self.addr, e)),
+        };
+        if response.code != Some(200) {
+            return Err(http_err(
+                "POST",
+                self.addr,
+                format!(
+                    "status {:?}: {}",
+                    response.code,
+                    String::from_utf8_lossy(&self.buf[head_len..])
+                ),
+            ));
+        }
+        let length = response
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+            .and_then(|h| {
+                std::str::from_utf8(h.value)
+                    .ok()?
+                    .trim()
+                    .parse::<usize>()
+                    .ok()
+            })
+            .ok_or_else(|| http_err("read a reply from", self.addr, "no Content-Length"))?;
+        if length > MAX_BODY {
+            return Err(http_err("read a reply from", self.addr, "reply too large"));
+        }
+        Ok(Some((head_len, length)))
+    }
+}
+
 /// One WebSocket carrying Bayeux message arrays.
 pub struct Ws {
     addr: SocketAddr,
@@ -333,6 +464,40 @@ mod tests {
             parse_array(br#"{"channel":"/meta/handshake","successful":false}"#).expect("object");
         assert!(client_id(&one).is_err());
         assert!(expect_reply(&one, "/meta/connect").is_err());
+    }
+
+    #[tokio::test]
+    async fn raw_http_reads_bodies_by_length_and_refuses_the_rest() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server =
+            tokio::spawn(async move {
+                let (mut s, _) = listener.accept().await.expect("accept");
+                let mut buf = vec![0u8; 4096];
+                let replies: [&[&[u8]]; 3] = [
+                // A body split across writes, the head in two pieces.
+                &[b"HTTP/1.1 200 OK\r\nContent-Le", b"ngth: 7\r\n\r\n[1,", b"2,3]"],
+                &[b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n[]\r\n0\r\n\r\n"],
+                &[b"HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n"],
+            ];
+                for parts in replies {
+                    let n = s.read(&mut buf).await.expect("read");
+                    assert!(buf[..n].starts_with(b"POST /cometd HTTP/1.1\r\n"));
+                    for part in parts {
+                        s.write_all(part).await.expect("write");
+                        s.flush().await.expect("flush");
+                        tokio::task::yield_now().await;
+                    }
+                }
+            });
+        let mut raw = RawHttp::connect(addr).await.expect("connect");
+        assert_eq!(raw.post(b"[]").await.expect("a body"), b"[1,2,3]");
+        assert!(raw.post(b"[]").await.is_err(), "no Content-Length");
+        assert!(raw.post(b"[]").await.is_err(), "status 500");
+        server.await.expect("server");
     }
 
     #[test]
