@@ -45,6 +45,18 @@ fn http_err(what: &str, addr: SocketAddr, e: impl std::fmt::Display) -> BenchErr
     BenchError::Http(format!("{what} {addr}{PATH}: {e}"))
 }
 
+/// A TCP connection to `addr` with Nagle off.
+async fn tcp(addr: SocketAddr) -> Result<TcpStream, BenchError> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .map_err(|source| BenchError::Io {
+            what: format!("connect to {addr} (bayeux)"),
+            source,
+        })?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
 /// One keep-alive HTTP/1.1 connection POSTing Bayeux message arrays.
 pub struct Http {
     addr: SocketAddr,
@@ -54,13 +66,7 @@ pub struct Http {
 impl Http {
     /// Opens the connection.
     pub async fn connect(addr: SocketAddr) -> Result<Self, BenchError> {
-        let stream = TcpStream::connect(addr)
-            .await
-            .map_err(|source| BenchError::Io {
-                what: format!("connect to {addr} (bayeux)"),
-                source,
-            })?;
-        let _ = stream.set_nodelay(true);
+        let stream = tcp(addr).await?;
         let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| http_err("handshake with", addr, e))?;
@@ -128,13 +134,7 @@ const RAW_MAX_HEADERS: usize = 32;
 impl RawHttp {
     /// Opens the connection.
     pub async fn connect(addr: SocketAddr) -> Result<Self, BenchError> {
-        let stream = TcpStream::connect(addr)
-            .await
-            .map_err(|source| BenchError::Io {
-                what: format!("connect to {addr} (bayeux)"),
-                source,
-            })?;
-        let _ = stream.set_nodelay(true);
+        let stream = tcp(addr).await?;
         Ok(Self {
             addr,
             stream,
@@ -146,7 +146,7 @@ impl RawHttp {
     /// POSTs `messages` (a serialised JSON array) to the Bayeux path and
     /// returns the response body, which must have status 200.
     pub async fn post(&mut self, messages: &[u8]) -> Result<&[u8], BenchError> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::io::AsyncWriteExt;
         self.request.clear();
         self.request.extend_from_slice(
             format!(
@@ -167,32 +167,28 @@ impl RawHttp {
             if let Some((head_len, body_len)) = self.parse_head()? {
                 let end = head_len + body_len;
                 while self.buf.len() < end {
-                    self.buf.reserve(end - self.buf.len());
-                    let n = self
-                        .stream
-                        .read_buf(&mut self.buf)
-                        .await
-                        .map_err(|e| http_err("read a reply from", self.addr, e))?;
-                    if n == 0 {
-                        return Err(http_err("connection closed by", self.addr, "mid-body"));
-                    }
+                    self.read_some(end - self.buf.len(), "mid-body").await?;
                 }
                 return Ok(&self.buf[head_len..end]);
             }
-            self.buf.reserve(4096);
-            let n = self
-                .stream
-                .read_buf(&mut self.buf)
-                .await
-                .map_err(|e| http_err("read a reply from", self.addr, e))?;
-            if n == 0 {
-                return Err(http_err(
-                    "connection closed by",
-                    self.addr,
-                    "before a reply",
-                ));
-            }
+            self.read_some(4096, "before a reply").await?;
         }
+    }
+
+    /// Reads once into `buf` (room for `room` more bytes made first); end
+    /// of stream is an error, described by `when`.
+    async fn read_some(&mut self, room: usize, when: &str) -> Result<(), BenchError> {
+        use tokio::io::AsyncReadExt;
+        self.buf.reserve(room);
+        let n = self
+            .stream
+            .read_buf(&mut self.buf)
+            .await
+            .map_err(|e| http_err("read a reply from", self.addr, e))?;
+        if n == 0 {
+            return Err(http_err("connection closed by", self.addr, when));
+        }
+        Ok(())
     }
 
     /// POSTs `messages` and returns the parsed reply array (setup only).
