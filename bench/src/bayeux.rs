@@ -3,10 +3,12 @@
 //! For each server and each subscriber transport (long-polling, then
 //! WebSocket) a fresh server is started, `--clients` Bayeux clients
 //! handshake and subscribe to `--rooms` rooms, `--publishers` long-polling
-//! clients publish `{"t": µs}` at `--rate` publishes/s in total to random
-//! rooms, and for `--duration` (after `--warmup`) the load generator counts
-//! the room messages delivered per second and records publish-to-delivery
-//! latency. Then, on another fresh server, `--hold-clients` long-polling
+//! clients publish `{"t": µs}` to random rooms at `--rate` publishes/s
+//! offered in total (`--batch` messages per request, `--in-flight` requests
+//! at once per publisher), and for the publishes of `--duration` (after
+//! `--warmup`) the load generator verifies and counts the deliveries, the
+//! losses and publish-to-delivery latency, and the CPU per delivered
+//! message of the server and of itself. Then, on another fresh server, `--hold-clients` long-polling
 //! clients each keep one `/meta/connect` held while the server's resident
 //! memory is read.
 
@@ -35,18 +37,33 @@ pub struct Args {
     /// Rooms (`/rooms/0` ..); clients are spread evenly over them.
     #[arg(long, default_value_t = 20)]
     rooms: usize,
-    /// Publishes per second, all publishers together.
-    #[arg(long, default_value_t = 200.0)]
+    /// Publishes per second offered, all publishers together (the default,
+    /// 2,000,000 deliveries/s with 50 subscribers per room, is above what
+    /// either server delivers on two cores, so both are measured at
+    /// capacity).
+    #[arg(long, default_value_t = 40_000.0)]
     rate: f64,
     /// Publishing clients (long-polling).
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 4)]
     publishers: usize,
+    /// Publish messages per request (a Bayeux message array, as the CometD
+    /// client batches them).
+    #[arg(long, default_value_t = 40)]
+    batch: usize,
+    /// Publish requests in flight per publisher (each on its own
+    /// connection, same Bayeux client).
+    #[arg(long, default_value_t = 16)]
+    in_flight: usize,
     /// Measured time per run.
     #[arg(long, default_value = "20s")]
     duration: humantime::Duration,
     /// Time under load before measuring.
     #[arg(long, default_value = "3s")]
     warmup: humantime::Duration,
+    /// How long after the window deliveries of its publishes still count
+    /// (later ones count as lost).
+    #[arg(long, default_value = "5s")]
+    drain: humantime::Duration,
     /// Quiet long-polling clients for the memory measurement (0 skips it).
     #[arg(long, default_value_t = 10_000)]
     hold_clients: usize,
@@ -196,12 +213,14 @@ pub fn run(args: Args) -> Result<(), BenchError> {
     report::note(
         &bar,
         format!(
-            "bayeux: {} clients, {} rooms, {} publishes/s by {} publishers, {} measured after {} \
-             warm-up (logs in {})",
+            "bayeux: {} clients, {} rooms, {} publishes/s offered by {} publishers ({} per \
+             request, {} requests in flight each), {} measured after {} warm-up (logs in {})",
             args.clients,
             args.rooms,
             args.rate,
             args.publishers,
+            args.batch,
+            args.in_flight,
             args.duration,
             args.warmup,
             dir.path().display()
@@ -219,8 +238,11 @@ pub fn run(args: Args) -> Result<(), BenchError> {
                 rooms: args.rooms,
                 rate: args.rate,
                 publishers: args.publishers,
+                batch: args.batch,
+                in_flight: args.in_flight,
                 warmup: args.warmup.into(),
                 duration: args.duration.into(),
+                drain: args.drain.into(),
                 transport,
                 setup_parallel: args.setup_parallel,
                 setup_timeout: Duration::from_secs(30),
@@ -282,19 +304,29 @@ pub fn run(args: Args) -> Result<(), BenchError> {
 
 fn describe(server: Server, transport: Transport, o: &load::Outcome) -> String {
     let ms = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.1}"));
+    let us = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.2}"));
     let mut line = format!(
-        "{:<7} {:<12} delivered {:>8.0}/s of {:>8.0}/s expected, p50 {} ms, p99 {} ms, \
-         max {} ms, {:.0} publishes/s, server CPU {:.0}%",
+        "{:<7} {:<12} delivered {:>8.0}/s of {:>8.0}/s expected ({} lost), p50 {} ms, p99 {} ms, \
+         max {} ms, {:.0} of {:.0} publishes/s acknowledged, server CPU {:.0}% ({} µs/msg), \
+         generator CPU {:.0}% ({} µs/msg)",
         server.name(),
         transport.name(),
         o.delivered_per_s,
         o.expected_per_s,
+        o.lost,
         ms(o.p50_ms),
         ms(o.p99_ms),
         ms(o.max_ms),
         o.published_per_s,
-        o.server_cpu_percent
+        o.offered_per_s,
+        o.server_cpu_percent,
+        us(o.server_cpu_us_per_msg),
+        o.generator_cpu_percent,
+        us(o.generator_cpu_us_per_msg),
     );
+    if o.extra > 0 {
+        line.push_str(&format!(", {} deliveries beyond those expected", o.extra));
+    }
     if o.errors > 0 {
         line.push_str(&format!(
             ", {} client errors (last: {})",
@@ -307,32 +339,43 @@ fn describe(server: Server, transport: Transport, o: &load::Outcome) -> String {
 
 fn print_table(rows: &[Row], held: &[(Server, hold::Outcome)]) {
     println!(
-        "{:<8} {:<13} {:>12} {:>12} {:>9} {:>9} {:>9} {:>10} {:>8} {:>7}",
+        "{:<8} {:<13} {:>12} {:>12} {:>8} {:>8} {:>8} {:>9} {:>9} {:>10} {:>7} {:>9} {:>7} {:>9} {:>6}",
         "server",
         "transport",
         "delivered/s",
         "expected/s",
+        "lost",
         "p50 ms",
         "p99 ms",
         "max ms",
-        "publish/s",
+        "offered/s",
+        "acked/s",
         "CPU %",
+        "µs/msg",
+        "gen %",
+        "gen µs",
         "errors"
     );
     let ms = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.1}"));
+    let us = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.2}"));
     for r in rows {
         let o = &r.outcome;
         println!(
-            "{:<8} {:<13} {:>12.0} {:>12.0} {:>9} {:>9} {:>9} {:>10.0} {:>8.0} {:>7}",
+            "{:<8} {:<13} {:>12.0} {:>12.0} {:>8} {:>8} {:>8} {:>9} {:>9.0} {:>10.0} {:>7.0} {:>9} {:>7.0} {:>9} {:>6}",
             r.server.name(),
             r.transport.name(),
             o.delivered_per_s,
             o.expected_per_s,
+            o.lost,
             ms(o.p50_ms),
             ms(o.p99_ms),
             ms(o.max_ms),
+            o.offered_per_s,
             o.published_per_s,
             o.server_cpu_percent,
+            us(o.server_cpu_us_per_msg),
+            o.generator_cpu_percent,
+            us(o.generator_cpu_us_per_msg),
             o.errors
         );
     }
@@ -354,6 +397,8 @@ fn json(args: &Args, rows: &[Row], held: &[(Server, hold::Outcome)]) -> String {
     };
     let rate = |s, t| report::num(find(s, t).map(|o| o.delivered_per_s));
     let p99 = |s, t| report::num(find(s, t).and_then(|o| o.p99_ms));
+    let cpu = |s, t| report::num(find(s, t).and_then(|o| o.server_cpu_us_per_msg));
+    let lost = |s, t| find(s, t).map_or(Value::Null, |o| Value::from(o.lost));
     let rss = |s: Server| {
         report::num(
             held.iter()
@@ -375,10 +420,21 @@ fn json(args: &Args, rows: &[Row], held: &[(Server, hold::Outcome)]) -> String {
         ("remora_ws_p99_ms", p99(r, ws)),
         ("faye_ws_p99_ms", p99(f, ws)),
         ("faye_rss_mb_10k_clients", rss(f)),
+        ("remora_cpu_us_per_msg", cpu(r, lp)),
+        ("faye_cpu_us_per_msg", cpu(f, lp)),
+        ("remora_ws_cpu_us_per_msg", cpu(r, ws)),
+        ("faye_ws_cpu_us_per_msg", cpu(f, ws)),
+        ("remora_lost", lost(r, lp)),
+        ("faye_lost", lost(f, lp)),
+        ("remora_ws_lost", lost(r, ws)),
+        ("faye_ws_lost", lost(f, ws)),
         ("hold_clients", Value::from(args.hold_clients)),
         ("clients", Value::from(args.clients)),
         ("rooms", Value::from(args.rooms)),
         ("publish_rate", report::num(Some(args.rate))),
+        ("publishers", Value::from(args.publishers)),
+        ("batch", Value::from(args.batch)),
+        ("in_flight", Value::from(args.in_flight)),
         ("duration_s", report::num(Some(args.duration.as_secs_f64()))),
     ])
 }

@@ -210,6 +210,15 @@ pub fn tree_cpu_ticks(root: u32) -> u64 {
         .sum()
 }
 
+/// CPU time (user + system) used so far by this process alone (all its
+/// threads, none of its children), in clock ticks.
+pub fn self_cpu_ticks() -> u64 {
+    fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|stat| parse_cpu_ticks(&stat))
+        .unwrap_or(0)
+}
+
 /// `utime + stime` (fields 14 and 15) from the text of `/proc/PID/stat`.
 fn parse_cpu_ticks(stat: &str) -> Option<u64> {
     let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace().skip(11);

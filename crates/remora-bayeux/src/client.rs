@@ -92,13 +92,19 @@ impl Client {
 
     /// Queues a serialised message, dropping the oldest beyond `max_queue`.
     /// Returns `(queued, dropped_one)`.
+    ///
+    /// Waiters are woken only when the queue goes from empty to not empty:
+    /// a waiter checks the queue after registering (see [`Client::wait`])
+    /// and takes everything queued when it runs, so the messages that follow
+    /// before it runs need no wake-up of their own.
     pub fn enqueue(&self, json: Arc<str>, max_queue: usize) -> (bool, bool) {
-        let dropped = {
+        let (dropped, was_empty) = {
             let mut inner = self.inner.lock();
             if inner.removed || max_queue == 0 {
                 return (false, max_queue == 0);
             }
             let unacked = inner.ack.as_ref().map_or(0, AckState::unacked_len);
+            let was_empty = inner.queue.is_empty();
             let mut dropped = false;
             if inner.queue.len() + unacked >= max_queue {
                 if inner.queue.pop_front().is_none()
@@ -110,9 +116,11 @@ impl Client {
                 dropped = true;
             }
             inner.queue.push_back(json);
-            dropped
+            (dropped, was_empty)
         };
-        self.notify.notify_waiters();
+        if was_empty {
+            self.notify.notify_waiters();
+        }
         (true, dropped)
     }
 
@@ -186,6 +194,30 @@ mod tests {
             ["2", "3", "4"]
         );
         assert_eq!(inner.dropped, 2);
+    }
+
+    #[tokio::test]
+    async fn waiters_are_woken_once_per_batch() {
+        use futures_util::FutureExt;
+        let c = Client::new("c".into(), None, None, false);
+        // Empty to not empty: a registered waiter is woken.
+        let first = c.notify.notified();
+        tokio::pin!(first);
+        first.as_mut().enable();
+        c.enqueue(Arc::from("a"), 10);
+        assert!(first.now_or_never().is_some());
+        // Already not empty: no wake-up (the woken waiter takes it all)...
+        let second = c.notify.notified();
+        tokio::pin!(second);
+        second.as_mut().enable();
+        c.enqueue(Arc::from("b"), 10);
+        assert!(second.as_mut().now_or_never().is_none());
+        // ...and `wait` does not block while messages are queued.
+        assert!(c.wait(0, Duration::from_secs(30)).now_or_never().is_some());
+        // Once taken, the next message wakes again.
+        c.inner.lock().queue.clear();
+        c.enqueue(Arc::from("c"), 10);
+        assert!(second.now_or_never().is_some());
     }
 
     #[tokio::test]

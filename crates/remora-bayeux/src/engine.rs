@@ -17,7 +17,7 @@ use crate::channel::{self, ChannelKind, Pattern, SubscriptionIndex};
 use crate::client::{Advice, Client, HoldGuard};
 use crate::config::BayeuxConfig;
 use crate::ext::{ExtContext, Extension};
-use crate::message::{Message, meta};
+use crate::message::{Json, Message, meta};
 use crate::security::{AllowAll, RequestContext, SecurityPolicy};
 
 /// A transport a message arrived on.
@@ -198,8 +198,8 @@ pub(crate) struct PendingConnect {
 
 /// What [`Bayeux::process`] produced for one request or frame.
 pub(crate) struct Processed {
-    /// Serialised replies, in order.
-    pub replies: Vec<String>,
+    /// Serialised replies (and deliveries of a finished connect), in order.
+    pub replies: Vec<Json>,
     /// The connect of the batch, to finish after holding.
     pub connect: Option<PendingConnect>,
     /// Whether the batch held a handshake (the browser cookie is then set).
@@ -386,12 +386,18 @@ impl Bayeux {
 
     fn enqueue(&self, client: &Client, json: Arc<str>) {
         let (queued, dropped) = client.enqueue(json, self.inner.config.max_queue);
+        self.count_deliveries(u64::from(queued), u64::from(dropped));
+    }
+
+    /// Adds to the shared delivery counters (once per fan-out, not per
+    /// subscriber: every worker thread writes these).
+    fn count_deliveries(&self, queued: u64, dropped: u64) {
         let c = &self.inner.counters;
-        if queued {
-            c.delivered.fetch_add(1, Ordering::Relaxed);
+        if queued > 0 {
+            c.delivered.fetch_add(queued, Ordering::Relaxed);
         }
-        if dropped {
-            c.dropped.fetch_add(1, Ordering::Relaxed);
+        if dropped > 0 {
+            c.dropped.fetch_add(dropped, Ordering::Relaxed);
         }
     }
 
@@ -473,12 +479,18 @@ impl Bayeux {
     /// Queues already-serialised `json` for every local subscriber of
     /// `channel`.
     pub(crate) fn fan_out_local(&self, channel: &str, json: &Arc<str>) -> usize {
-        let mut n = 0usize;
-        let index = self.inner.index.read();
-        index.for_each_match(channel, |_, client| {
-            self.enqueue(client, json.clone());
-            n += 1;
-        });
+        let max_queue = self.inner.config.max_queue;
+        let (mut n, mut queued, mut dropped) = (0usize, 0u64, 0u64);
+        {
+            let index = self.inner.index.read();
+            index.for_each_match(channel, |_, client| {
+                let (q, d) = client.enqueue(json.clone(), max_queue);
+                queued += u64::from(q);
+                dropped += u64::from(d);
+                n += 1;
+            });
+        }
+        self.count_deliveries(queued, dropped);
         n
     }
 
@@ -554,7 +566,7 @@ impl Bayeux {
                 client_id: reply_client.as_deref(),
             };
             if self.run_outgoing(&ctx, &mut reply) {
-                out.replies.push(reply.to_json());
+                out.replies.push(Json::Own(reply.to_json()));
             }
         }
         out
@@ -701,7 +713,7 @@ impl Bayeux {
         &self,
         pending: PendingConnect,
         request: &RequestContext,
-    ) -> Vec<String> {
+    ) -> Vec<Json> {
         let cfg = &self.inner.config;
         let PendingConnect {
             client,
@@ -710,14 +722,14 @@ impl Bayeux {
             guard,
             ..
         } = pending;
-        let mut out: Vec<String> = Vec::new();
+        let mut out: Vec<Json> = Vec::new();
         {
             let mut inner = client.inner.lock();
             if inner.removed {
                 drop(inner);
                 drop(guard);
                 reply.advice = Some(json!({"reconnect": "handshake", "interval": 0}));
-                return vec![reply.fail("402::session_unknown").to_json()];
+                return vec![Json::Own(reply.fail("402::session_unknown").to_json())];
             }
             let fresh = std::mem::take(&mut inner.queue);
             let messages: Vec<Arc<str>> = if let Some(ack) = inner.ack.as_mut() {
@@ -728,7 +740,7 @@ impl Bayeux {
                 fresh.into()
             };
             out.reserve(messages.len() + 1);
-            out.extend(messages.iter().map(|s| s.to_string()));
+            out.extend(messages.into_iter().map(Json::Shared));
             let advice = if multiple_clients {
                 Advice {
                     reconnect: "retry",
@@ -760,7 +772,7 @@ impl Bayeux {
             client_id: Some(&client.id),
         };
         if self.run_outgoing(&ctx, &mut reply) {
-            out.push(reply.to_json());
+            out.push(Json::Own(reply.to_json()));
         }
         out
     }

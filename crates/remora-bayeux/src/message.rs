@@ -1,6 +1,8 @@
 //! Bayeux messages: parsing a request body (one message or an array) and
 //! serialising replies.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -158,6 +160,27 @@ pub fn parse_messages(body: &[u8], max_messages: usize) -> Result<Vec<Message>, 
     Ok(messages)
 }
 
+/// One serialised message on its way out: a reply built for one request, or
+/// a delivery serialised once at publish and shared by every subscriber it
+/// was queued for (so it is never copied per subscriber before the final
+/// JSON array is written).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Json {
+    /// Built for this request.
+    Own(String),
+    /// Shared with other clients' queues.
+    Shared(Arc<str>),
+}
+
+impl AsRef<str> for Json {
+    fn as_ref(&self) -> &str {
+        match self {
+            Json::Own(s) => s,
+            Json::Shared(s) => s,
+        }
+    }
+}
+
 /// Joins already-serialised messages into one JSON array.
 pub fn join_array<S: AsRef<str>>(items: &[S]) -> String {
     let len = items.iter().map(|s| s.as_ref().len() + 1).sum::<usize>() + 2;
@@ -215,6 +238,10 @@ mod tests {
         assert_eq!(m.to_json(), r#"{"channel":"/a","clientId":"c","data":1}"#);
         assert_eq!(join_array(&["1", "2"]), "[1,2]");
         assert_eq!(join_array::<&str>(&[]), "[]");
+        let shared: Arc<str> = Arc::from("{\"a\":1}");
+        let joined = join_array(&[Json::Shared(shared.clone()), Json::Own("2".into())]);
+        assert_eq!(joined, r#"[{"a":1},2]"#);
+        assert_eq!(Arc::strong_count(&shared), 1);
     }
 
     #[test]

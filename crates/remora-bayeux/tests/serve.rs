@@ -242,6 +242,37 @@ async fn pipelined_requests_are_answered_in_order() {
 }
 
 #[tokio::test]
+async fn a_large_batch_of_deliveries_is_framed_whole() {
+    // Bodies over 2 KiB go out as a vectored write of head and body: the
+    // whole batch must arrive, in order, and the connection stay usable.
+    let s = start(quick()).await;
+    let mut raw = Raw::connect(s.addr).await;
+    let id = raw.handshake().await;
+    let r = raw
+        .bayeux(json!([{"channel":"/meta/subscribe","clientId":id,"subscription":"/big"}]))
+        .await;
+    assert_eq!(r[0]["successful"], true, "{r:?}");
+    let filler = "x".repeat(200);
+    for i in 0..100 {
+        s.bayeux
+            .publish("/big", json!({"i": i, "f": filler}))
+            .unwrap();
+    }
+    raw.send(&post("/cometd", &connect(&id).to_string())).await;
+    let resp = raw.read().await.expect("a response");
+    assert!(resp.body.len() > 20_000, "{} bytes", resp.body.len());
+    let got: Vec<i64> = deliveries(&resp.json())
+        .iter()
+        .map(|m| m["data"]["i"].as_i64().unwrap())
+        .collect();
+    assert_eq!(got, (0..100).collect::<Vec<_>>());
+    let r = raw
+        .bayeux(json!([{"channel":"/big","clientId":id,"data":{"i":-1}}]))
+        .await;
+    assert_eq!(r[0]["successful"], true, "{r:?}");
+}
+
+#[tokio::test]
 async fn closing_the_connection_abandons_the_held_connect() {
     let s = start(quick()).await;
     let mut raw = Raw::connect(s.addr).await;

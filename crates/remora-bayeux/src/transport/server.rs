@@ -399,6 +399,10 @@ impl Connection {
     }
 }
 
+/// Bodies up to this size are copied behind the head; larger ones are
+/// written from their own buffer beside it (one vectored write).
+const COPY_BODY_BYTES: usize = 2048;
+
 /// Writes `response` as HTTP/1.1 with a `Content-Length` (and `Connection:
 /// close` when `close`), in one write.
 async fn write_response(stream: &mut TcpStream, response: Response, close: bool) -> io::Result<()> {
@@ -406,7 +410,12 @@ async fn write_response(stream: &mut TcpStream, response: Response, close: bool)
     let body = axum::body::to_bytes(body, usize::MAX)
         .await
         .map_err(io::Error::other)?;
-    let mut out = Vec::with_capacity(256 + body.len());
+    let copied = if body.len() <= COPY_BODY_BYTES {
+        body.len()
+    } else {
+        0
+    };
+    let mut out = Vec::with_capacity(256 + copied);
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(parts.status.as_str().as_bytes());
     out.push(b' ');
@@ -429,8 +438,12 @@ async fn write_response(stream: &mut TcpStream, response: Response, close: bool)
         out.extend_from_slice(b"\r\nconnection: close");
     }
     out.extend_from_slice(b"\r\n\r\n");
-    out.extend_from_slice(&body);
-    stream.write_all(&out).await
+    if copied == body.len() {
+        out.extend_from_slice(&body);
+        return stream.write_all(&out).await;
+    }
+    let mut both = Bytes::from(out).chain(body);
+    stream.write_all_buf(&mut both).await
 }
 
 /// A stream that first yields `prefix`, then reads from `stream`.

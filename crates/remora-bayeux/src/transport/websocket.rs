@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use crate::client::Client;
 use crate::engine::{Bayeux, PendingConnect, Transport};
-use crate::message::{join_array, parse_messages};
+use crate::message::{Json, join_array, parse_messages};
 use crate::security::RequestContext;
 
 /// WebSocket close code for a frame that is not Bayeux JSON.
@@ -49,10 +49,10 @@ async fn run(bayeux: Bayeux, socket: WebSocket, ctx: RequestContext) {
             n.enable();
         }
         // Deliver what is queued, release a superseded or due connect.
-        let mut out: Vec<String> = Vec::new();
+        let mut out: Vec<Json> = Vec::new();
         if let Some(c) = &client {
             if let Some(msgs) = bayeux.drain_for_push(c) {
-                out.extend(msgs.iter().map(|m| m.to_string()));
+                out.extend(msgs.into_iter().map(Json::Shared));
             }
             if let Some(h) = &held {
                 let release = {
