@@ -139,13 +139,13 @@ fn records() -> Vec<Record> {
     empty.replica_seq = 7;
     let mut shop = empty.clone();
     shop.attributes
-        .insert("cart".into(), Attribute::new(json!(["tea", "cups", 3])));
-    let mut auth = Attribute::new(json!({"user": "ann"}));
+        .insert("cart".into(), Attribute::from_value(&json!(["tea", "cups", 3])).unwrap());
+    let mut auth = Attribute::from_value(&json!({"user": "ann"})).unwrap();
     auth.expires_at = Some(NOW + 5);
     shop.attributes.insert("auth".into(), auth);
     let mut big = empty.clone();
     big.attributes
-        .insert("blob".into(), Attribute::new(json!("ab".repeat(300))));
+        .insert("blob".into(), Attribute::from_value(&json!("ab".repeat(300))).unwrap());
     vec![empty, shop, big]
 }
 

@@ -40,23 +40,28 @@ fn records() -> Vec<Record> {
     empty.replica_seq = 7;
     out.push(empty.clone());
     let mut shop = empty.clone();
-    shop.attributes
-        .insert("cart".into(), Attribute::new(json!(["tea", "cups", 3])));
-    let mut auth = Attribute::new(json!({"user": "ann", "roles": ["admin"]}));
+    shop.attributes.insert(
+        "cart".into(),
+        Attribute::from_value(&json!(["tea", "cups", 3])).unwrap(),
+    );
+    let mut auth = Attribute::from_value(&json!({"user": "ann", "roles": ["admin"]})).unwrap();
     auth.expires_at = Some(NOW + 5);
     shop.attributes.insert("auth".into(), auth);
-    let mut gone = Attribute::new(json!(1.5));
+    let mut gone = Attribute::from_value(&json!(1.5)).unwrap();
     gone.expires_at = Some(NOW - 1);
     shop.attributes.insert("gone".into(), gone);
     out.push(shop);
     let mut big = empty.clone();
-    big.attributes
-        .insert("blob".into(), Attribute::new(json!("ab".repeat(900))));
+    big.attributes.insert(
+        "blob".into(),
+        Attribute::from_value(&json!("ab".repeat(900))).unwrap(),
+    );
     out.push(big);
     let mut nested = empty;
     nested.attributes.insert(
         "deep".into(),
-        Attribute::new(json!({"a": [[[{"b": null}]]], "n": -12, "u": "\u{e9}\u{1F600}"})),
+        Attribute::from_value(&json!({"a": [[[{"b": null}]]], "n": -12, "u": "\u{e9}\u{1F600}"}))
+            .unwrap(),
     );
     out.push(nested);
     out

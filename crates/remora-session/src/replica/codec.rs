@@ -275,6 +275,7 @@ mod tests {
     use crate::record::Attribute;
     use proptest::prelude::*;
     use remora_seal::{Key, Keyring, Purpose};
+    use serde_json::value::RawValue;
 
     fn codec(seed: u8) -> ReplicaCodec {
         let ring = Keyring::from_keys(vec![Key::from_bytes([seed; 32])]).unwrap();
@@ -286,7 +287,7 @@ mod tests {
         r.version = 3;
         r.replica_seq = 1_000;
         for (k, v, e) in attrs {
-            let mut a = Attribute::new(v.clone());
+            let mut a = Attribute::from_value(v).unwrap();
             a.expires_at = *e;
             r.attributes.insert((*k).to_owned(), a);
         }
@@ -321,9 +322,9 @@ mod tests {
         r.replica_seq = 1_234;
         r.attributes.insert(
             "cart".into(),
-            Attribute::new(serde_json::json!(["tea", {"sku": "cup", "qty": 2}])),
+            Attribute::from_value(&serde_json::json!(["tea", {"sku": "cup", "qty": 2}])).unwrap(),
         );
-        let mut auth = Attribute::new(serde_json::json!("ann"));
+        let mut auth = Attribute::from_value(&serde_json::json!("ann")).unwrap();
         auth.expires_at = Some(30_000);
         r.attributes.insert("auth".into(), auth);
         r
@@ -337,7 +338,7 @@ mod tests {
         let mut big = expected.clone();
         big.attributes.insert(
             "blob".into(),
-            Attribute::new(serde_json::json!("x".repeat(4096))),
+            Attribute::from_value(&serde_json::json!("x".repeat(4096))).unwrap(),
         );
         assert_eq!(c.open(V1_LZ4, "fixture-sid", 2_000).unwrap(), big);
         // Attribute and session deadlines, session binding and key still apply.
@@ -430,10 +431,10 @@ mod tests {
     fn once_only_and_server_only_never_travel() {
         let c = codec(9);
         let mut r = record("sid", &[("cart", serde_json::json!(1), None)]);
-        let mut once = Attribute::new(serde_json::json!("order-token"));
+        let mut once = Attribute::from_value(&serde_json::json!("order-token")).unwrap();
         once.once = true;
         r.attributes.insert("order".into(), once);
-        let mut secret = Attribute::new(serde_json::json!("x"));
+        let mut secret = Attribute::from_value(&serde_json::json!("x")).unwrap();
         secret.server_only = true;
         r.attributes.insert("secret".into(), secret);
         let opened = c.open(&c.seal(&r).unwrap(), "sid", 1).unwrap();
@@ -488,9 +489,65 @@ mod tests {
         );
         let opened = c.open(&text, "s", 1).unwrap();
         assert_eq!(
-            opened.attributes["blob"].value.as_str().map(str::len),
+            opened.attributes["blob"]
+                .decode::<String>()
+                .ok()
+                .map(|s| s.len()),
             Some(16 * 1024)
         );
+    }
+
+    #[test]
+    fn values_travel_as_their_json_text() {
+        // Not the compact form serde_json would write: spaces, key order,
+        // a number spelled as written. It travels and comes back verbatim.
+        let text = r#"{ "z" : [1.50, 2e3] , "a" : "\u00e9" }"#;
+        let mut r = record("sid", &[]);
+        r.attributes.insert(
+            "odd".into(),
+            Attribute::new(RawValue::from_string(text.to_owned()).unwrap()),
+        );
+        let c = codec(11);
+        let opened = c.open(&c.seal(&r).unwrap(), "sid", 1).unwrap();
+        assert_eq!(opened.attributes["odd"].value.get(), text);
+        assert_eq!(opened, r);
+        let v: serde_json::Value = opened.attributes["odd"].decode().unwrap();
+        assert_eq!(v, serde_json::json!({"a": "é", "z": [1.5, 2000.0]}));
+    }
+
+    #[test]
+    fn malformed_attribute_json_is_rejected() {
+        let c = codec(12);
+        let ring = Keyring::from_keys(vec![Key::from_bytes([12; 32])]).unwrap();
+        let sealer = Sealer::new(&ring, Purpose::Replica);
+        let good = record("sid", &[("a", serde_json::json!({"k": [1, 2]}), None)]);
+        let json = String::from_utf8(good.to_json().unwrap()).unwrap();
+        assert!(json.contains(r#""value":{"k":[1,2]}"#), "{json}");
+        for bad in [
+            r#""value":{"k":[1,2}"#,
+            r#""value":{"k":[1,2],}"#,
+            r#""value":tru"#,
+            r#""value":"\x""#,
+            r#""value":NaN"#,
+            r#""value":01"#,
+            r#""value":"#,
+        ] {
+            let broken = json.replace(r#""value":{"k":[1,2]}"#, bad);
+            for flag in [RAW, LZ4] {
+                let mut plain = vec![flag];
+                if flag == RAW {
+                    plain.extend_from_slice(broken.as_bytes());
+                } else {
+                    plain.extend_from_slice(&lz4_flex::compress_prepend_size(broken.as_bytes()));
+                }
+                let text = sealer.seal_b64(&plain, b"sid");
+                assert_eq!(c.open(&text, "sid", 1), Err(Rejection::Malformed), "{bad}");
+            }
+        }
+        // The unbroken plaintext opens, so the rejections above are the value's.
+        let mut plain = vec![RAW];
+        plain.extend_from_slice(json.as_bytes());
+        assert_eq!(c.open(&sealer.seal_b64(&plain, b"sid"), "sid", 1), Ok(good));
     }
 
     proptest! {
@@ -500,7 +557,7 @@ mod tests {
             let mut r = record("sid", &[]);
             r.replica_seq = seq;
             for (k, v) in values {
-                r.attributes.insert(k, Attribute::new(serde_json::json!(v)));
+                r.attributes.insert(k, Attribute::from_value(&serde_json::json!(v)).unwrap());
             }
             prop_assert_eq!(c.open(&c.seal(&r).unwrap(), "sid", 1).unwrap(), r);
         }
@@ -533,7 +590,7 @@ mod tests {
             r.absolute_deadline = times[4];
             r.replica_seq = times[5];
             for (k, (v, expires_at, once, server_only)) in attrs {
-                let mut a = Attribute::new(serde_json::json!(v));
+                let mut a = Attribute::from_value(&serde_json::json!(v)).unwrap();
                 a.expires_at = expires_at;
                 a.once = once;
                 a.server_only = server_only;
