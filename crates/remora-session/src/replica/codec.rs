@@ -32,8 +32,25 @@ const JSON_SIZE_HINT: usize = 1024;
 const KEEP_BUFFER: usize = 64 * 1024;
 
 thread_local! {
-    /// The thread's buffer that replica text is decoded and opened in.
-    static OPEN_BUF: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+    /// The thread's buffers for opening: the one replica text is decoded
+    /// and opened in, and the one an LZ4 body is decompressed into.
+    static OPEN_BUFS: Cell<(Vec<u8>, Vec<u8>)> = const { Cell::new((Vec::new(), Vec::new())) };
+    /// The thread's buffer a replica's JSON is compressed into.
+    static LZ4_BUF: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+}
+
+/// Compresses `json` into `out` (which keeps its capacity from call to
+/// call): the uncompressed length (4 bytes, little endian), then the LZ4
+/// block. `None` if the JSON is too long to say in 4 bytes or LZ4 fails.
+fn lz4_into(json: &[u8], out: &mut Vec<u8>) -> Option<usize> {
+    let size = u32::try_from(json.len()).ok()?;
+    let need = 4 + lz4_flex::block::get_maximum_output_size(json.len());
+    if out.len() < need {
+        out.resize(need, 0);
+    }
+    out[..4].copy_from_slice(&size.to_le_bytes());
+    let n = lz4_flex::block::compress_into(json, &mut out[4..need]).ok()?;
+    Some(4 + n)
 }
 
 /// First plaintext byte: the record follows as JSON.
@@ -168,11 +185,16 @@ impl ReplicaCodec {
                     .map_err(SealError::Serialize)?;
                 let json = &buf[flag_at + 1..];
                 if json.len() >= self.lz4_min_json {
-                    let compressed = lz4_flex::compress_prepend_size(json);
-                    if compressed.len() < json.len() {
+                    let mut lz4 = LZ4_BUF.take();
+                    if let Some(n) = lz4_into(json, &mut lz4)
+                        && n < json.len()
+                    {
                         buf.truncate(flag_at);
                         buf.push(LZ4);
-                        buf.extend_from_slice(&compressed);
+                        buf.extend_from_slice(&lz4[..n]);
+                    }
+                    if lz4.capacity() <= KEEP_BUFFER {
+                        LZ4_BUF.set(lz4);
                     }
                 }
                 Ok(())
@@ -191,20 +213,27 @@ impl ReplicaCodec {
     /// ms): size, then seal (with the session id bound), then format, then
     /// deadlines. Attributes whose own deadline has passed are dropped.
     pub fn open(&self, text: &str, session_id: &str, now_ms: u64) -> Result<Record, Rejection> {
-        let mut buf = OPEN_BUF.take();
-        let opened = self.open_in(text, session_id, now_ms, &mut buf);
-        if buf.capacity() <= KEEP_BUFFER {
-            OPEN_BUF.set(buf);
+        let (mut buf, mut json) = OPEN_BUFS.take();
+        let opened = self.open_in(text, session_id, now_ms, &mut buf, &mut json);
+        if buf.capacity() > KEEP_BUFFER {
+            buf = Vec::new();
         }
+        if json.capacity() > KEEP_BUFFER {
+            json = Vec::new();
+        }
+        OPEN_BUFS.set((buf, json));
         opened
     }
 
+    /// [`ReplicaCodec::open`] in the thread's buffers: `buf` for the blob,
+    /// `json` for a decompressed body.
     fn open_in(
         &self,
         text: &str,
         session_id: &str,
         now_ms: u64,
         buf: &mut Vec<u8>,
+        json: &mut Vec<u8>,
     ) -> Result<Record, Rejection> {
         let plain = self
             .sealer
@@ -221,9 +250,15 @@ impl ReplicaCodec {
                 if size > self.max_len.saturating_mul(64) {
                     return Err(Rejection::Oversize);
                 }
-                let json =
-                    lz4_flex::decompress_size_prepended(body).map_err(|_| Rejection::Malformed)?;
-                Record::from_json(&json)
+                if json.len() < size {
+                    json.resize(size, 0);
+                }
+                let n = lz4_flex::block::decompress_into(&body[4..], &mut json[..size])
+                    .map_err(|_| Rejection::Malformed)?;
+                if n != size {
+                    return Err(Rejection::Malformed);
+                }
+                Record::from_json(&json[..n])
             }
             _ => return Err(Rejection::Malformed),
         }
