@@ -182,7 +182,13 @@ impl Record {
 
     /// Parses a record from JSON.
     pub fn from_json(bytes: &[u8]) -> Result<Record, serde_json::Error> {
-        serde_json::from_slice(bytes)
+        // Checking UTF-8 once for the whole text is cheaper than the
+        // per-string and per-value checks of parsing bytes; text that is
+        // not UTF-8 is parsed as bytes for serde_json's positioned error.
+        match std::str::from_utf8(bytes) {
+            Ok(text) => serde_json::from_str(text),
+            Err(_) => serde_json::from_slice(bytes),
+        }
     }
 
     /// Slides the idle deadline: accessed now, idle deadline `now + idle_ms`

@@ -8,8 +8,6 @@ use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::fmt;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use remora_seal::{OpenError, Sealer};
 use serde::ser::{Serialize, SerializeStruct, Serializer};
 
@@ -206,7 +204,7 @@ impl ReplicaCodec {
                 limit: self.max_len,
             });
         }
-        Ok(URL_SAFE_NO_PAD.encode(blob))
+        Ok(remora_seal::encode_b64(&blob))
     }
 
     /// Opens a replica presented for session `session_id` at `now_ms` (Unix
