@@ -20,8 +20,9 @@ pub const DEFAULT_MAX_LEN: usize = 96 * 1024;
 /// trying LZ4. 0: LZ4 is tried on every replica. Measured (see
 /// `docs/BENCHMARKS.md`, "Seal"): on a session of 795 bytes of JSON,
 /// compressing makes the replica 45% shorter (612 instead of 1,106
-/// characters) and costs about a third of its seal+open time; replicas ride
-/// in headers and cookies, so the shorter replica is the default.
+/// characters) and its seal+open 3-8% slower (a third more instructions);
+/// replicas ride in headers and cookies, so the shorter replica is the
+/// default.
 pub const LZ4_MIN_JSON: usize = 0;
 
 /// Room reserved for a replica's JSON before it is written.
