@@ -26,8 +26,10 @@ fn session(target: usize) -> Record {
     );
     r.version = 7;
     r.replica_seq = 1_700_000_000_000;
-    r.attributes
-        .insert("user".into(), Attribute::new(serde_json::json!("ann")));
+    r.attributes.insert(
+        "user".into(),
+        Attribute::from_value(&serde_json::json!("ann")).unwrap(),
+    );
     let mut items = Vec::new();
     let mut i = 0u32;
     while serde_json::to_vec(&r).map(|v| v.len()).unwrap_or(0) + 64 * items.len() < target {
@@ -36,7 +38,7 @@ fn session(target: usize) -> Record {
     }
     r.attributes.insert(
         "cart".into(),
-        Attribute::new(serde_json::Value::Array(items)),
+        Attribute::from_value(&serde_json::Value::Array(items)).unwrap(),
     );
     r
 }

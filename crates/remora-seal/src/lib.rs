@@ -35,4 +35,6 @@ mod keyring;
 mod seal;
 
 pub use keyring::{Key, KeyId, Keyring, KeyringError, generate_key_b64};
-pub use seal::{FORMAT_VERSION, LEGACY_FORMAT_VERSION, OVERHEAD, OpenError, Purpose, Sealer};
+pub use seal::{
+    FORMAT_VERSION, LEGACY_FORMAT_VERSION, OVERHEAD, OpenError, Purpose, Sealer, encode_b64,
+};

@@ -7,7 +7,9 @@
 use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 /// The current time in Unix epoch milliseconds.
 pub fn now_ms() -> u64 {
@@ -18,10 +20,19 @@ pub fn now_ms() -> u64 {
 }
 
 /// One attribute of a session.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// The value is kept as JSON text ([`RawValue`]): reading a record (from a
+/// store or a replica) validates and copies each value's text but builds no
+/// tree; [`Attribute::decode`] (and so [`Session::get`](crate::Session::get))
+/// deserializes the application's type straight from the text. Two
+/// attributes are equal when their text is: a value serialized by this crate
+/// is compact JSON, so one value has one text as long as its type serializes
+/// it the same way each time (map types without a fixed order, such as
+/// `HashMap`, may not).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Attribute {
-    /// The value, as JSON.
-    pub value: serde_json::Value,
+    /// The value, as JSON text.
+    pub value: Box<RawValue>,
     /// Unix ms after which the attribute no longer exists (per-attribute TTL).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<u64>,
@@ -39,15 +50,35 @@ fn is_false(b: &bool) -> bool {
     !*b
 }
 
+impl PartialEq for Attribute {
+    fn eq(&self, other: &Self) -> bool {
+        self.value.get() == other.value.get()
+            && self.expires_at == other.expires_at
+            && self.once == other.once
+            && self.server_only == other.server_only
+    }
+}
+
 impl Attribute {
-    /// A plain attribute with no expiry and no flags.
-    pub fn new(value: serde_json::Value) -> Self {
+    /// A plain attribute with no expiry and no flags holding `value` (JSON
+    /// text).
+    pub fn new(value: Box<RawValue>) -> Self {
         Attribute {
             value,
             expires_at: None,
             once: false,
             server_only: false,
         }
+    }
+
+    /// A plain attribute holding `value` serialized as compact JSON.
+    pub fn from_value<T: Serialize + ?Sized>(value: &T) -> Result<Self, serde_json::Error> {
+        serde_json::value::to_raw_value(value).map(Attribute::new)
+    }
+
+    /// Deserializes the value as a `T` from its JSON text.
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        serde_json::from_str(self.value.get())
     }
 
     /// Whether the attribute has expired at `now` (Unix ms).
@@ -151,7 +182,13 @@ impl Record {
 
     /// Parses a record from JSON.
     pub fn from_json(bytes: &[u8]) -> Result<Record, serde_json::Error> {
-        serde_json::from_slice(bytes)
+        // Checking UTF-8 once for the whole text is cheaper than the
+        // per-string and per-value checks of parsing bytes; text that is
+        // not UTF-8 is parsed as bytes for serde_json's positioned error.
+        match std::str::from_utf8(bytes) {
+            Ok(text) => serde_json::from_str(text),
+            Err(_) => serde_json::from_slice(bytes),
+        }
     }
 
     /// Slides the idle deadline: accessed now, idle deadline `now + idle_ms`
@@ -224,12 +261,14 @@ mod tests {
     #[test]
     fn replica_record_drops_once_and_server_only() {
         let mut r = Record::new("x".into(), 0, 10, 100);
-        r.attributes
-            .insert("a".into(), Attribute::new(serde_json::json!(1)));
-        let mut once = Attribute::new(serde_json::json!(2));
+        r.attributes.insert(
+            "a".into(),
+            Attribute::from_value(&serde_json::json!(1)).unwrap(),
+        );
+        let mut once = Attribute::from_value(&serde_json::json!(2)).unwrap();
         once.once = true;
         r.attributes.insert("o".into(), once);
-        let mut so = Attribute::new(serde_json::json!(3));
+        let mut so = Attribute::from_value(&serde_json::json!(3)).unwrap();
         so.server_only = true;
         r.attributes.insert("s".into(), so);
         let rr = r.to_replica_record();
@@ -238,19 +277,63 @@ mod tests {
         assert_eq!(back, r);
     }
 
+    /// A record as the build before raw JSON values wrote it (values from a
+    /// `serde_json::Value`: compact, object keys sorted).
+    const STORED: &str = r#"{"id":"x","version":3,"created_at":1,"accessed_at":2,"idle_deadline":10,"absolute_deadline":100,"attributes":{"cart":{"value":[{"qty":2,"sku":"tea"},1.5,null,"\u00e9\"\n"]},"csrf":{"value":"t0k","expires_at":50,"once":true,"server_only":true}},"replica_seq":9}"#;
+
+    #[test]
+    fn stored_json_is_unchanged_byte_for_byte() {
+        let r = Record::from_json(STORED.as_bytes()).unwrap();
+        assert_eq!(
+            r.attributes["cart"].value.get(),
+            r#"[{"qty":2,"sku":"tea"},1.5,null,"\u00e9\"\n"]"#
+        );
+        assert!(r.attributes["csrf"].once && r.attributes["csrf"].server_only);
+        assert_eq!(String::from_utf8(r.to_json().unwrap()).unwrap(), STORED);
+        assert_eq!(r.encoded_len(), STORED.len());
+        let cart: serde_json::Value = r.attributes["cart"].decode().unwrap();
+        assert_eq!(cart[3], serde_json::json!("é\"\n"));
+        assert_eq!(r.attributes["csrf"].decode::<String>().unwrap(), "t0k");
+        assert!(r.attributes["cart"].decode::<u32>().is_err());
+    }
+
+    #[test]
+    fn values_are_written_compact_and_compared_as_text() {
+        #[derive(Serialize)]
+        struct Line {
+            sku: &'static str,
+            qty: u32,
+        }
+        let a = Attribute::from_value(&Line { sku: "tea", qty: 2 }).unwrap();
+        assert_eq!(a.value.get(), r#"{"sku":"tea","qty":2}"#);
+        assert_eq!(
+            a,
+            Attribute::from_value(&Line { sku: "tea", qty: 2 }).unwrap()
+        );
+        assert_ne!(
+            a,
+            Attribute::from_value(&Line { sku: "tea", qty: 3 }).unwrap()
+        );
+        let mut once = a.clone();
+        once.once = true;
+        assert_ne!(a, once);
+        assert!(Record::from_json(br#"{"id":"x","version":1,"created_at":1,"accessed_at":1,"idle_deadline":1,"absolute_deadline":1,"attributes":{"a":{"value":[1,}}}}"#).is_err());
+    }
+
     #[test]
     fn merge_keeps_other_writers_attributes() {
         let mut base = Record::new("x".into(), 0, 10, 100);
         base.version = 1;
         let mut current = base.clone();
         current.version = 2;
-        current
-            .attributes
-            .insert("b".into(), Attribute::new(serde_json::json!("theirs")));
+        current.attributes.insert(
+            "b".into(),
+            Attribute::from_value(&serde_json::json!("theirs")).unwrap(),
+        );
         let mut changes = BTreeMap::new();
         changes.insert(
             "a".to_string(),
-            Change::Set(Attribute::new(serde_json::json!("ours"))),
+            Change::Set(Attribute::from_value(&serde_json::json!("ours")).unwrap()),
         );
         let m = merge(&current, &base, &changes);
         assert_eq!(m.version, 3);

@@ -430,9 +430,7 @@ impl Session {
         self.loaded().await?;
         let st = self.shared.state.lock();
         match st.record.attributes.get(key) {
-            Some(a) if !a.is_expired(now_ms()) => T::deserialize(&a.value)
-                .map(Some)
-                .map_err(SessionError::Value),
+            Some(a) if !a.is_expired(now_ms()) => a.decode().map(Some).map_err(SessionError::Value),
             _ => Ok(None),
         }
     }
@@ -460,7 +458,7 @@ impl Session {
         server_only: bool,
     ) -> Result<(), SessionError> {
         self.loaded().await?;
-        let value = serde_json::to_value(value).map_err(SessionError::Value)?;
+        let value = serde_json::value::to_raw_value(&value).map_err(SessionError::Value)?;
         let attr = Attribute {
             value,
             expires_at: ttl.map(|t| now_ms().saturating_add(ms(t))),
@@ -553,9 +551,7 @@ impl Session {
                 self.local.lock().modified = true;
                 let now = now_ms();
                 return match a.filter(|a| !a.is_expired(now)) {
-                    Some(a) => serde_json::from_value(a.value)
-                        .map(Some)
-                        .map_err(SessionError::Value),
+                    Some(a) => a.decode().map(Some).map_err(SessionError::Value),
                     None => Ok(None),
                 };
             }
@@ -577,9 +573,7 @@ impl Session {
             }
         }
         match taken {
-            Some(a) => serde_json::from_value(a.value)
-                .map(Some)
-                .map_err(SessionError::Value),
+            Some(a) => a.decode().map(Some).map_err(SessionError::Value),
             None => Ok(None),
         }
     }

@@ -40,23 +40,28 @@ fn records() -> Vec<Record> {
     empty.replica_seq = 7;
     out.push(empty.clone());
     let mut shop = empty.clone();
-    shop.attributes
-        .insert("cart".into(), Attribute::new(json!(["tea", "cups", 3])));
-    let mut auth = Attribute::new(json!({"user": "ann", "roles": ["admin"]}));
+    shop.attributes.insert(
+        "cart".into(),
+        Attribute::from_value(&json!(["tea", "cups", 3])).unwrap(),
+    );
+    let mut auth = Attribute::from_value(&json!({"user": "ann", "roles": ["admin"]})).unwrap();
     auth.expires_at = Some(NOW + 5);
     shop.attributes.insert("auth".into(), auth);
-    let mut gone = Attribute::new(json!(1.5));
+    let mut gone = Attribute::from_value(&json!(1.5)).unwrap();
     gone.expires_at = Some(NOW - 1);
     shop.attributes.insert("gone".into(), gone);
     out.push(shop);
     let mut big = empty.clone();
-    big.attributes
-        .insert("blob".into(), Attribute::new(json!("ab".repeat(900))));
+    big.attributes.insert(
+        "blob".into(),
+        Attribute::from_value(&json!("ab".repeat(900))).unwrap(),
+    );
     out.push(big);
     let mut nested = empty;
     nested.attributes.insert(
         "deep".into(),
-        Attribute::new(json!({"a": [[[{"b": null}]]], "n": -12, "u": "\u{e9}\u{1F600}"})),
+        Attribute::from_value(&json!({"a": [[[{"b": null}]]], "n": -12, "u": "\u{e9}\u{1F600}"}))
+            .unwrap(),
     );
     out.push(nested);
     out
@@ -208,4 +213,81 @@ fn fuzz_replica_text() {
 
 fn codec_default() -> ReplicaCodec {
     codec(DEFAULT_MAX_LEN)
+}
+
+/// The committed seed corpus of the `cargo fuzz` target `replica_open`
+/// (`fuzz/seeds/replica_open/`, written by `gen-seeds`; same key, session id
+/// and clock as this harness): first byte even, replica text; odd, a
+/// plaintext to seal.
+fn committed_seeds() -> Vec<(String, Vec<u8>)> {
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/seeds/replica_open");
+    let mut out: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+        .map(|e| {
+            let path = e.expect("dir entry").path();
+            let name = path
+                .file_name()
+                .expect("file name")
+                .to_string_lossy()
+                .into_owned();
+            (name, std::fs::read(&path).expect("read seed"))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Runs the committed seeds as the `cargo fuzz` target does, so CI covers
+/// them on stable: every seed must open (they are valid replicas and
+/// plaintexts), the corpus must hold text replicas of the current blob
+/// format and of the legacy one, and mutations of the text seeds never open.
+#[test]
+fn fuzz_replica_committed_seeds() {
+    use base64::Engine as _;
+    let codec = codec(MAX_LEN);
+    let sealer = Sealer::new(&ring(), Purpose::Replica);
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let (mut current, mut legacy) = (0, 0);
+    let mut texts = Vec::new();
+    for (name, seed) in committed_seeds() {
+        let (&mode, rest) = seed.split_first().expect("seed is not empty");
+        let text = if mode & 1 == 0 {
+            let text = String::from_utf8(rest.to_vec()).expect("text seed is UTF-8");
+            match b64.decode(&text).expect("text seed is base64url")[0] {
+                remora_seal::FORMAT_VERSION => current += 1,
+                remora_seal::LEGACY_FORMAT_VERSION => legacy += 1,
+                v => panic!("{name}: unknown blob format {v}"),
+            }
+            texts.push(text.clone());
+            text
+        } else {
+            sealer.seal_b64(rest, SID.as_bytes())
+        };
+        let r = codec
+            .open(&text, SID, NOW)
+            .unwrap_or_else(|e| panic!("{name}: seed refused ({e:?})"));
+        check_opened(&r);
+        let again = codec.seal(&r).expect("reseal");
+        assert_eq!(codec.open(&again, SID, NOW), Ok(r), "{name}");
+    }
+    assert!(
+        current > 0,
+        "no replica of blob format {} among the committed seeds: run gen-seeds",
+        remora_seal::FORMAT_VERSION
+    );
+    assert!(legacy > 0, "the legacy-format seeds are gone");
+    let seeds: Vec<Vec<u8>> = texts.iter().map(|t| t.clone().into_bytes()).collect();
+    let mut g = Gen::new(0x5EED_0003);
+    for case in 0..CASES / 4 {
+        let bytes = g.mutate(&seeds, TEXT_DICT);
+        let text = String::from_utf8_lossy(&bytes);
+        if let Ok(r) = codec.open(&text, SID, NOW) {
+            check_opened(&r);
+            assert!(
+                texts.iter().any(|o| o.as_str() == text),
+                "case {case}: changed replica text opened: {text:?}"
+            );
+        }
+    }
 }

@@ -467,7 +467,7 @@ async fn layer_restore_and_metrics() {
     rec.version = 7;
     rec.attributes.insert(
         "cart".into(),
-        remora_session::Attribute::new(serde_json::json!(["tea"])),
+        remora_session::Attribute::from_value(&serde_json::json!(["tea"])).unwrap(),
     );
     let held = layer.restore(rec.clone()).await.unwrap().unwrap();
     assert_eq!(held.version, 7, "the replica's version is kept");

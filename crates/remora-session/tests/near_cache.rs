@@ -24,8 +24,10 @@ async fn near(url: &str, prefix: &str) -> RedisStore {
 fn record(id: &str, version: u64, key: &str) -> Record {
     let mut r = Record::new(id.to_owned(), now_ms(), 60_000, 600_000);
     r.version = version;
-    r.attributes
-        .insert(key.to_owned(), Attribute::new(serde_json::json!(version)));
+    r.attributes.insert(
+        key.to_owned(),
+        Attribute::from_value(&serde_json::json!(version)).unwrap(),
+    );
     r
 }
 
@@ -70,8 +72,10 @@ async fn loads_hit_memory_and_see_other_clients_changes() {
     // Another near-cached server changes it.
     let mut v2 = b.load(&id).await.unwrap().unwrap();
     v2.version = 2;
-    v2.attributes
-        .insert("b".into(), Attribute::new(serde_json::json!(2)));
+    v2.attributes.insert(
+        "b".into(),
+        Attribute::from_value(&serde_json::json!(2)).unwrap(),
+    );
     assert_eq!(
         b.save(&v2, 1).await.unwrap(),
         SaveOutcome::Saved { new_version: 2 }

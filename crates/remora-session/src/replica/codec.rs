@@ -8,8 +8,6 @@ use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::fmt;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use remora_seal::{OpenError, Sealer};
 use serde::ser::{Serialize, SerializeStruct, Serializer};
 
@@ -20,9 +18,11 @@ pub const DEFAULT_MAX_LEN: usize = 96 * 1024;
 
 /// Session JSON shorter than this many bytes is sealed as it is, without
 /// trying LZ4. 0: LZ4 is tried on every replica. Measured (see
-/// `docs/BENCHMARKS.md`, "Seal"): even on a session of 795 bytes of JSON,
-/// compressing makes seal+open faster (less to seal, encode and decode) and
-/// the replica 45% shorter, so no threshold pays.
+/// `docs/BENCHMARKS.md`, "Seal"): on a session of 795 bytes of JSON,
+/// compressing makes the replica 45% shorter (612 instead of 1,106
+/// characters) and its seal+open 3-8% slower (a third more instructions);
+/// replicas ride in headers and cookies, so the shorter replica is the
+/// default.
 pub const LZ4_MIN_JSON: usize = 0;
 
 /// Room reserved for a replica's JSON before it is written.
@@ -32,8 +32,25 @@ const JSON_SIZE_HINT: usize = 1024;
 const KEEP_BUFFER: usize = 64 * 1024;
 
 thread_local! {
-    /// The thread's buffer that replica text is decoded and opened in.
-    static OPEN_BUF: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+    /// The thread's buffers for opening: the one replica text is decoded
+    /// and opened in, and the one an LZ4 body is decompressed into.
+    static OPEN_BUFS: Cell<(Vec<u8>, Vec<u8>)> = const { Cell::new((Vec::new(), Vec::new())) };
+    /// The thread's buffer a replica's JSON is compressed into.
+    static LZ4_BUF: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+}
+
+/// Compresses `json` into `out` (which keeps its capacity from call to
+/// call): the uncompressed length (4 bytes, little endian), then the LZ4
+/// block. `None` if the JSON is too long to say in 4 bytes or LZ4 fails.
+fn lz4_into(json: &[u8], out: &mut Vec<u8>) -> Option<usize> {
+    let size = u32::try_from(json.len()).ok()?;
+    let need = 4 + lz4_flex::block::get_maximum_output_size(json.len());
+    if out.len() < need {
+        out.resize(need, 0);
+    }
+    out[..4].copy_from_slice(&size.to_le_bytes());
+    let n = lz4_flex::block::compress_into(json, &mut out[4..need]).ok()?;
+    Some(4 + n)
 }
 
 /// First plaintext byte: the record follows as JSON.
@@ -168,11 +185,16 @@ impl ReplicaCodec {
                     .map_err(SealError::Serialize)?;
                 let json = &buf[flag_at + 1..];
                 if json.len() >= self.lz4_min_json {
-                    let compressed = lz4_flex::compress_prepend_size(json);
-                    if compressed.len() < json.len() {
+                    let mut lz4 = LZ4_BUF.take();
+                    if let Some(n) = lz4_into(json, &mut lz4)
+                        && n < json.len()
+                    {
                         buf.truncate(flag_at);
                         buf.push(LZ4);
-                        buf.extend_from_slice(&compressed);
+                        buf.extend_from_slice(&lz4[..n]);
+                    }
+                    if lz4.capacity() <= KEEP_BUFFER {
+                        LZ4_BUF.set(lz4);
                     }
                 }
                 Ok(())
@@ -184,27 +206,34 @@ impl ReplicaCodec {
                 limit: self.max_len,
             });
         }
-        Ok(URL_SAFE_NO_PAD.encode(blob))
+        Ok(remora_seal::encode_b64(&blob))
     }
 
     /// Opens a replica presented for session `session_id` at `now_ms` (Unix
     /// ms): size, then seal (with the session id bound), then format, then
     /// deadlines. Attributes whose own deadline has passed are dropped.
     pub fn open(&self, text: &str, session_id: &str, now_ms: u64) -> Result<Record, Rejection> {
-        let mut buf = OPEN_BUF.take();
-        let opened = self.open_in(text, session_id, now_ms, &mut buf);
-        if buf.capacity() <= KEEP_BUFFER {
-            OPEN_BUF.set(buf);
+        let (mut buf, mut json) = OPEN_BUFS.take();
+        let opened = self.open_in(text, session_id, now_ms, &mut buf, &mut json);
+        if buf.capacity() > KEEP_BUFFER {
+            buf = Vec::new();
         }
+        if json.capacity() > KEEP_BUFFER {
+            json = Vec::new();
+        }
+        OPEN_BUFS.set((buf, json));
         opened
     }
 
+    /// [`ReplicaCodec::open`] in the thread's buffers: `buf` for the blob,
+    /// `json` for a decompressed body.
     fn open_in(
         &self,
         text: &str,
         session_id: &str,
         now_ms: u64,
         buf: &mut Vec<u8>,
+        json: &mut Vec<u8>,
     ) -> Result<Record, Rejection> {
         let plain = self
             .sealer
@@ -221,9 +250,15 @@ impl ReplicaCodec {
                 if size > self.max_len.saturating_mul(64) {
                     return Err(Rejection::Oversize);
                 }
-                let json =
-                    lz4_flex::decompress_size_prepended(body).map_err(|_| Rejection::Malformed)?;
-                Record::from_json(&json)
+                if json.len() < size {
+                    json.resize(size, 0);
+                }
+                let n = lz4_flex::block::decompress_into(&body[4..], &mut json[..size])
+                    .map_err(|_| Rejection::Malformed)?;
+                if n != size {
+                    return Err(Rejection::Malformed);
+                }
+                Record::from_json(&json[..n])
             }
             _ => return Err(Rejection::Malformed),
         }
@@ -275,6 +310,7 @@ mod tests {
     use crate::record::Attribute;
     use proptest::prelude::*;
     use remora_seal::{Key, Keyring, Purpose};
+    use serde_json::value::RawValue;
 
     fn codec(seed: u8) -> ReplicaCodec {
         let ring = Keyring::from_keys(vec![Key::from_bytes([seed; 32])]).unwrap();
@@ -286,7 +322,7 @@ mod tests {
         r.version = 3;
         r.replica_seq = 1_000;
         for (k, v, e) in attrs {
-            let mut a = Attribute::new(v.clone());
+            let mut a = Attribute::from_value(v).unwrap();
             a.expires_at = *e;
             r.attributes.insert((*k).to_owned(), a);
         }
@@ -321,9 +357,9 @@ mod tests {
         r.replica_seq = 1_234;
         r.attributes.insert(
             "cart".into(),
-            Attribute::new(serde_json::json!(["tea", {"sku": "cup", "qty": 2}])),
+            Attribute::from_value(&serde_json::json!(["tea", {"sku": "cup", "qty": 2}])).unwrap(),
         );
-        let mut auth = Attribute::new(serde_json::json!("ann"));
+        let mut auth = Attribute::from_value(&serde_json::json!("ann")).unwrap();
         auth.expires_at = Some(30_000);
         r.attributes.insert("auth".into(), auth);
         r
@@ -337,7 +373,7 @@ mod tests {
         let mut big = expected.clone();
         big.attributes.insert(
             "blob".into(),
-            Attribute::new(serde_json::json!("x".repeat(4096))),
+            Attribute::from_value(&serde_json::json!("x".repeat(4096))).unwrap(),
         );
         assert_eq!(c.open(V1_LZ4, "fixture-sid", 2_000).unwrap(), big);
         // Attribute and session deadlines, session binding and key still apply.
@@ -430,10 +466,10 @@ mod tests {
     fn once_only_and_server_only_never_travel() {
         let c = codec(9);
         let mut r = record("sid", &[("cart", serde_json::json!(1), None)]);
-        let mut once = Attribute::new(serde_json::json!("order-token"));
+        let mut once = Attribute::from_value(&serde_json::json!("order-token")).unwrap();
         once.once = true;
         r.attributes.insert("order".into(), once);
-        let mut secret = Attribute::new(serde_json::json!("x"));
+        let mut secret = Attribute::from_value(&serde_json::json!("x")).unwrap();
         secret.server_only = true;
         r.attributes.insert("secret".into(), secret);
         let opened = c.open(&c.seal(&r).unwrap(), "sid", 1).unwrap();
@@ -488,9 +524,65 @@ mod tests {
         );
         let opened = c.open(&text, "s", 1).unwrap();
         assert_eq!(
-            opened.attributes["blob"].value.as_str().map(str::len),
+            opened.attributes["blob"]
+                .decode::<String>()
+                .ok()
+                .map(|s| s.len()),
             Some(16 * 1024)
         );
+    }
+
+    #[test]
+    fn values_travel_as_their_json_text() {
+        // Not the compact form serde_json would write: spaces, key order,
+        // a number spelled as written. It travels and comes back verbatim.
+        let text = r#"{ "z" : [1.50, 2e3] , "a" : "\u00e9" }"#;
+        let mut r = record("sid", &[]);
+        r.attributes.insert(
+            "odd".into(),
+            Attribute::new(RawValue::from_string(text.to_owned()).unwrap()),
+        );
+        let c = codec(11);
+        let opened = c.open(&c.seal(&r).unwrap(), "sid", 1).unwrap();
+        assert_eq!(opened.attributes["odd"].value.get(), text);
+        assert_eq!(opened, r);
+        let v: serde_json::Value = opened.attributes["odd"].decode().unwrap();
+        assert_eq!(v, serde_json::json!({"a": "é", "z": [1.5, 2000.0]}));
+    }
+
+    #[test]
+    fn malformed_attribute_json_is_rejected() {
+        let c = codec(12);
+        let ring = Keyring::from_keys(vec![Key::from_bytes([12; 32])]).unwrap();
+        let sealer = Sealer::new(&ring, Purpose::Replica);
+        let good = record("sid", &[("a", serde_json::json!({"k": [1, 2]}), None)]);
+        let json = String::from_utf8(good.to_json().unwrap()).unwrap();
+        assert!(json.contains(r#""value":{"k":[1,2]}"#), "{json}");
+        for bad in [
+            r#""value":{"k":[1,2}"#,
+            r#""value":{"k":[1,2],}"#,
+            r#""value":tru"#,
+            r#""value":"\x""#,
+            r#""value":NaN"#,
+            r#""value":01"#,
+            r#""value":"#,
+        ] {
+            let broken = json.replace(r#""value":{"k":[1,2]}"#, bad);
+            for flag in [RAW, LZ4] {
+                let mut plain = vec![flag];
+                if flag == RAW {
+                    plain.extend_from_slice(broken.as_bytes());
+                } else {
+                    plain.extend_from_slice(&lz4_flex::compress_prepend_size(broken.as_bytes()));
+                }
+                let text = sealer.seal_b64(&plain, b"sid");
+                assert_eq!(c.open(&text, "sid", 1), Err(Rejection::Malformed), "{bad}");
+            }
+        }
+        // The unbroken plaintext opens, so the rejections above are the value's.
+        let mut plain = vec![RAW];
+        plain.extend_from_slice(json.as_bytes());
+        assert_eq!(c.open(&sealer.seal_b64(&plain, b"sid"), "sid", 1), Ok(good));
     }
 
     proptest! {
@@ -500,7 +592,7 @@ mod tests {
             let mut r = record("sid", &[]);
             r.replica_seq = seq;
             for (k, v) in values {
-                r.attributes.insert(k, Attribute::new(serde_json::json!(v)));
+                r.attributes.insert(k, Attribute::from_value(&serde_json::json!(v)).unwrap());
             }
             prop_assert_eq!(c.open(&c.seal(&r).unwrap(), "sid", 1).unwrap(), r);
         }
@@ -533,7 +625,7 @@ mod tests {
             r.absolute_deadline = times[4];
             r.replica_seq = times[5];
             for (k, (v, expires_at, once, server_only)) in attrs {
-                let mut a = Attribute::new(serde_json::json!(v));
+                let mut a = Attribute::from_value(&serde_json::json!(v)).unwrap();
                 a.expires_at = expires_at;
                 a.once = once;
                 a.server_only = server_only;
