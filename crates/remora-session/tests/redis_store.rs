@@ -16,8 +16,10 @@ use remora_session::{Attribute, Record, SaveOutcome, Store};
 fn record(id: &str, version: u64, idle_ms: u64) -> Record {
     let mut r = Record::new(id.to_owned(), now_ms(), idle_ms, 3_600_000);
     r.version = version;
-    r.attributes
-        .insert("n".into(), Attribute::new(serde_json::json!(version)));
+    r.attributes.insert(
+        "n".into(),
+        Attribute::from_value(&serde_json::json!(version)).unwrap(),
+    );
     r
 }
 
@@ -57,8 +59,10 @@ async fn refused_save_keeps_the_newer_value_and_expiry(store: &RedisStore, url: 
     );
     // A stale version conflicts the same way.
     let mut v2 = record(&id, 2, 600_000);
-    v2.attributes
-        .insert("x".into(), Attribute::new(serde_json::json!("y")));
+    v2.attributes.insert(
+        "x".into(),
+        Attribute::from_value(&serde_json::json!("y")).unwrap(),
+    );
     assert_eq!(
         store.save(&v2, 1).await.unwrap(),
         SaveOutcome::Saved { new_version: 2 }
