@@ -110,7 +110,7 @@ impl Default for Limits {
             max_body_bytes: 64 * 1024 * 1024,
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
-            park_after: Duration::from_millis(20),
+            park_after: Duration::from_millis(250),
             max_connections: 20_000,
             connect_timeout: Duration::from_secs(3),
             server_timeout: Duration::from_secs(30),

@@ -414,8 +414,11 @@ async fn many_parked_connections_each_serve_a_second_request() {
     const N: usize = 200;
     let b1 = backend("b1");
     let (addr, adm) = (free_addr(), free_addr());
+    // `park_after` far beyond the test: only the park right after a
+    // connection's first answer can park them.
+    let limits = "[listener.limits]\npark_after = \"600s\"\n";
     let r = start(
-        &config(addr, adm, "", COOKIE_POOL, &servers_toml(&[&b1])),
+        &config(addr, adm, limits, COOKIE_POOL, &servers_toml(&[&b1])),
         addr,
         adm,
     );
@@ -428,10 +431,14 @@ async fn many_parked_connections_each_serve_a_second_request() {
             .expect("timeout");
         s.write_all(req).expect("write");
         let resp = read_response(&mut s);
-        assert!(resp.ends_with("b1"), "connection {i}, first request: {resp}");
+        assert!(
+            resp.ends_with("b1"),
+            "connection {i}, first request: {resp}"
+        );
         conns.push(s);
     }
-    // Every connection parks (none is closed): the gauge counts them all.
+    // Every connection parks once answered (none is closed): the gauge
+    // counts them all.
     let parked = eventually(Duration::from_secs(10), || async {
         gauge(&c, &r, "remora_parked_connections").await == Some(N as u64)
     })
