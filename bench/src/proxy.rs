@@ -266,9 +266,10 @@ pub fn run(args: Args) -> Result<(), BenchError> {
         }
         if let Some((_, outcome)) = outcomes.iter_mut().find(|(t, _)| t == target) {
             match result {
-                Ok((rss, open)) => {
+                Ok((rss, open, sticky)) => {
                     outcome.idle_rss_kb = Some(rss);
                     outcome.idle_open = Some(open);
+                    outcome.sticky |= sticky;
                 }
                 Err(e) => note(&bar, format!("{} idle: {e}", target.name())),
             }
@@ -521,8 +522,9 @@ fn measure_idle(
     ctx: &Ctx,
     count: usize,
     settle: Duration,
-) -> Result<(u64, usize), BenchError> {
+) -> Result<(u64, usize, bool), BenchError> {
     let running = start(target, ctx)?;
+    let sticky = running.cookie.is_some();
     let pid = running
         .guard
         .as_ref()
@@ -548,7 +550,7 @@ fn measure_idle(
         let rss = proc::tree_rss_kb(pid);
         let open = held.still_open();
         drop(held);
-        Ok::<_, BenchError>((rss, open))
+        Ok::<_, BenchError>((rss, open, sticky))
     });
     drop(running);
     result
