@@ -49,6 +49,14 @@ pub struct Args {
     /// Keep the temporary directory (configs and logs) and print its path.
     #[arg(long)]
     keep_dir: bool,
+    /// Skip the wrk runs: measure only the idle connections (their figures
+    /// are deterministic enough to compare builds one at a time).
+    #[arg(long)]
+    only_idle: bool,
+    /// How long the idle connections settle before the proxy's memory is
+    /// read (longer: time to inspect the proxy by hand meanwhile).
+    #[arg(long, default_value = "2s")]
+    idle_settle: humantime::Duration,
 }
 
 /// What is being measured.
@@ -165,12 +173,16 @@ pub fn run(args: Args) -> Result<(), BenchError> {
         limits,
     };
 
-    let targets = [
-        Target::Direct,
-        Target::Remora,
-        Target::Haproxy,
-        Target::Nginx,
-    ];
+    let targets: &[Target] = if args.only_idle {
+        &[]
+    } else {
+        &[
+            Target::Direct,
+            Target::Remora,
+            Target::Haproxy,
+            Target::Nginx,
+        ]
+    };
     let idle_targets: &[Target] = if idle_count > 0 {
         &[Target::Remora, Target::Haproxy]
     } else {
@@ -183,7 +195,7 @@ pub fn run(args: Args) -> Result<(), BenchError> {
     // Start every target first, then measure them in turn, round after
     // round, so a burst of outside load hits each of them alike.
     let mut started: Vec<(Target, Option<Running>, Outcome)> = Vec::new();
-    for target in targets {
+    for &target in targets {
         bar.set_message(format!("starting {}", target.name()));
         let mut outcome = Outcome::default();
         let running = match start(target, &ctx) {
@@ -232,7 +244,7 @@ pub fn run(args: Args) -> Result<(), BenchError> {
             outcome.report = Some(run.report);
             outcome.cpu_us_per_req = run.cpu_us_per_req;
         }
-        if target == Target::Direct && outcome.report.is_none() {
+        if target == Target::Direct && outcome.report.is_none() && !args.only_idle {
             bar.finish_and_clear();
             return Err(BenchError::Setup(format!(
                 "direct run failed: {}",
@@ -248,12 +260,16 @@ pub fn run(args: Args) -> Result<(), BenchError> {
             target.name()
         ));
         bar.set_position(base);
-        let result = measure_idle(*target, &ctx, idle_count);
+        let result = measure_idle(*target, &ctx, idle_count, *args.idle_settle);
+        if !outcomes.iter().any(|(t, _)| t == target) {
+            outcomes.push((*target, Outcome::default()));
+        }
         if let Some((_, outcome)) = outcomes.iter_mut().find(|(t, _)| t == target) {
             match result {
-                Ok((rss, open)) => {
+                Ok((rss, open, sticky)) => {
                     outcome.idle_rss_kb = Some(rss);
                     outcome.idle_open = Some(open);
+                    outcome.sticky |= sticky;
                 }
                 Err(e) => note(&bar, format!("{} idle: {e}", target.name())),
             }
@@ -501,8 +517,14 @@ fn median_by_rps(runs: &[Run]) -> Option<Run> {
 /// each carried one request (with the affinity cookie), lets the proxy
 /// settle, and returns its resident memory (KiB) and how many connections
 /// are still open.
-fn measure_idle(target: Target, ctx: &Ctx, count: usize) -> Result<(u64, usize), BenchError> {
+fn measure_idle(
+    target: Target,
+    ctx: &Ctx,
+    count: usize,
+    settle: Duration,
+) -> Result<(u64, usize, bool), BenchError> {
     let running = start(target, ctx)?;
+    let sticky = running.cookie.is_some();
     let pid = running
         .guard
         .as_ref()
@@ -523,11 +545,12 @@ fn measure_idle(target: Target, ctx: &Ctx, count: usize) -> Result<(u64, usize),
         let held = idle::open(addr, count, 256, request, Duration::from_secs(30)).await?;
         // Let the proxy finish its bookkeeping (idle pools, timers) before
         // reading its memory: a fixed settle time, not a synchronisation.
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        eprintln!("{} pid {pid}: {count} idle connections open", target.name());
+        tokio::time::sleep(settle).await;
         let rss = proc::tree_rss_kb(pid);
         let open = held.still_open();
         drop(held);
-        Ok::<_, BenchError>((rss, open))
+        Ok::<_, BenchError>((rss, open, sticky))
     });
     drop(running);
     result

@@ -1,17 +1,19 @@
-//! One client connection after accept (and TLS / PROXY header): protocol
+//! One client connection after accept: PROXY header and TLS, protocol
 //! detection, HTTP/2, and HTTP/1.1 with idle parking and WebSocket hand-off.
 //!
 //! Idle HTTP/1.1 keep-alive connections are *parked*: once a connection has
 //! had no request in flight and no bytes moving for `park_after` (see
-//! [`Limits`]), its hyper
-//! connection (and its read and write buffers, 16 KiB) is dropped and the
+//! [`Limits`]), or right after its first answer when the client sends
+//! nothing more, its hyper connection (and its read and write buffers,
+//! 16 KiB), its context and its kept server connection are dropped and the
 //! socket alone waits for the next request, which starts a fresh hyper
-//! connection. Many idle clients then cost a few hundred bytes each.
+//! connection. Many idle clients then cost about 1 KB each.
 
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -19,9 +21,12 @@ use bytes::{Buf, Bytes};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 
 use crate::config::Limits;
+use crate::forward::ClientInfo;
 use crate::proxy::{self, ConnCtx};
+use crate::reload::ListenerRt;
 use crate::serve::Shared;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -30,33 +35,59 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
-/// Serves HTTP on `io` until the client leaves, the idle timeout, or drain.
-/// `alpn_h2`: TLS negotiated `h2` (`None`: plain TCP, sniff the preface).
-pub async fn serve(
+/// Serves one accepted connection (PROXY header, TLS, HTTP/1.1 or HTTP/2)
+/// until the client leaves, the idle timeout, or drain.
+///
+/// The returned future (the bulk of the connection's task) stays small in
+/// the state where a connection waits for long, parked: the opening
+/// (PROXY header, TLS handshake, protocol sniff), HTTP/2 and each active
+/// HTTP/1.1 phase are boxed and freed before a connection parks, so a
+/// parked connection's task holds the socket, one timer and the drain
+/// signal, and nothing sized for hyper or rustls.
+pub async fn serve(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr, listen: SocketAddr) {
+    let Some(lst) = shared.runtime.load().listeners.get(&listen).cloned() else {
+        return;
+    };
+    let Some((client, io)) = Box::pin(start(shared, &lst, stream, peer, listen)).await else {
+        return;
+    };
+    serve_h1(shared, listen, client, io, &lst.config.limits).await;
+}
+
+/// Opens the connection and detects its protocol; serves HTTP/2 to the
+/// end. Returns the client and stream to serve as HTTP/1.1, if that is what
+/// it speaks.
+async fn start(
     shared: &Arc<Shared>,
-    ctx: Arc<ConnCtx>,
-    io: Box<dyn Io>,
-    alpn_h2: Option<bool>,
-    limits: &Limits,
-) {
-    let activity = Arc::new(Activity::new());
+    lst: &ListenerRt,
+    stream: TcpStream,
+    peer: SocketAddr,
+    listen: SocketAddr,
+) -> Option<(ClientInfo, ClientIo)> {
+    let limits = &lst.config.limits;
+    let (io, alpn_h2, client_addr) = crate::listener::open(lst, stream, peer).await?;
+    let client = ClientInfo {
+        addr: client_addr,
+        tls: lst.tls.is_some(),
+    };
     let mut io = ClientIo {
         prefix: Bytes::new(),
         inner: io,
-        activity: activity.clone(),
+        activity: Arc::new(Activity::new()),
     };
     let h2 = match alpn_h2 {
         Some(h2) => h2,
         None => match tokio::time::timeout(limits.header_read_timeout, sniff(&mut io)).await {
             Ok(Some(h2)) => h2,
-            _ => return,
+            _ => return None,
         },
     };
     if h2 {
-        serve_h2(shared, ctx, io, &activity, limits).await;
-    } else {
-        serve_h1(shared, ctx, io, &activity, limits).await;
+        let ctx = Arc::new(ConnCtx::new(listen, client));
+        serve_h2(shared, ctx, io, limits).await;
+        return None;
     }
+    Some((client, io))
 }
 
 /// Reads until the bytes are known to be (or not to be) the HTTP/2
@@ -79,13 +110,8 @@ async fn sniff(io: &mut ClientIo) -> Option<bool> {
     }
 }
 
-async fn serve_h2(
-    shared: &Arc<Shared>,
-    ctx: Arc<ConnCtx>,
-    io: ClientIo,
-    activity: &Activity,
-    limits: &Limits,
-) {
+async fn serve_h2(shared: &Arc<Shared>, ctx: Arc<ConnCtx>, io: ClientIo, limits: &Limits) {
+    let activity = io.activity.clone();
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     builder
         .timer(TokioTimer::new())
@@ -133,102 +159,32 @@ enum H1End {
     Park,
 }
 
+/// HTTP/1.1: active phases (a hyper connection, boxed) and parked waits
+/// (the socket alone) in turn, until the connection ends.
 async fn serve_h1(
     shared: &Arc<Shared>,
-    ctx: Arc<ConnCtx>,
+    listen: SocketAddr,
+    client: ClientInfo,
     mut io: ClientIo,
-    activity: &Activity,
     limits: &Limits,
 ) {
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes.max(8192))
-        .keep_alive(true);
     let mut shutdown = shared.shutdown_signal();
-    let idle = limits.idle_timeout;
+    let mut eager = true;
     loop {
-        let svc_shared = shared.clone();
-        let svc_ctx = ctx.clone();
-        let svc = service_fn(move |req| {
-            Box::pin(proxy::handle(svc_shared.clone(), svc_ctx.clone(), req))
-        });
-        // Boxed, so that a parked connection's task does not keep room for
-        // hyper's connection state: a task's future is as large as its
-        // largest state.
-        let mut conn = Box::new(builder.serve_connection(TokioIo::new(io), svc));
-        let park_after = limits.park_after;
-        let mut tick = tokio::time::interval(tick_for(idle.min(park_after)));
-        let mut closing = false;
-        let mut parking = false;
-        let end = loop {
-            tokio::select! {
-                r = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => {
-                    break match r {
-                        Err(e) => {
-                            tracing::debug!(client = %ctx.client.addr, error = %e, "connection ended with error");
-                            H1End::Closed
-                        }
-                        Ok(()) if parking && !closing => H1End::Park,
-                        Ok(()) => H1End::Closed,
-                    };
-                }
-                _ = shutdown.changed(), if !closing => {
-                    Pin::new(&mut *conn).graceful_shutdown();
-                    closing = true;
-                }
-                _ = tick.tick(), if !closing && !parking => {
-                    if ctx.inflight.load(Ordering::Relaxed) == 0 {
-                        let quiet = activity.idle_for();
-                        if quiet >= idle {
-                            Pin::new(&mut *conn).graceful_shutdown();
-                            closing = true;
-                        } else if quiet >= park_after {
-                            Pin::new(&mut *conn).graceful_shutdown();
-                            parking = true;
-                        }
-                    }
-                }
-            }
-        };
-        let parts = (*conn).into_parts();
-        let mut back = parts.io.into_inner();
-        back.prepend(parts.read_buf);
-        // A WebSocket handler that answered 101 takes the stream.
-        if let Some(tx) = ctx.upgrade.lock().take() {
-            let _ = tx.send(back);
+        // A fresh context per active phase: a parked connection holds none.
+        let ctx = Arc::new(ConnCtx::new(listen, client));
+        let phase = run_h1(shared, ctx, io, limits, &mut shutdown, eager);
+        let Some(back) = Box::pin(phase).await else {
             return;
-        }
-        match end {
-            H1End::Closed => {
-                let _ = tokio::io::AsyncWriteExt::shutdown(&mut back).await;
-                return;
-            }
-            H1End::Park => {
-                // A parked connection holds no server connection and no labels.
-                ctx.upstream.release();
-                *ctx.counters.lock() = crate::proxy::CounterCache::default();
-            }
-        }
+        };
+        eager = false;
         io = back;
         if io.prefix.is_empty() {
-            // Parked: wait for bytes (or the idle timeout, or drain) with no buffers held.
-            let wait = idle.saturating_sub(activity.idle_for());
-            let mut small = [0u8; 64];
-            tokio::select! {
-                r = io.inner.read(&mut small) => match r {
-                    Ok(n) if n > 0 => {
-                        io.activity.touch();
-                        io.prefix = Bytes::copy_from_slice(&small[..n]);
-                    }
-                    _ => return,
-                },
-                _ = tokio::time::sleep(wait) => {
-                    let _ = tokio::io::AsyncWriteExt::shutdown(&mut io).await;
-                    return;
-                }
-                _ = shutdown.changed() => {
+            let _parked = Parked::new(&shared.metrics.parked_connections);
+            match park(&mut io, limits.idle_timeout, &mut shutdown).await {
+                Wake::Request => {}
+                Wake::Gone => return,
+                Wake::Close => {
                     let _ = tokio::io::AsyncWriteExt::shutdown(&mut io).await;
                     return;
                 }
@@ -240,10 +196,176 @@ async fn serve_h1(
     }
 }
 
+/// How a parked connection woke.
+enum Wake {
+    /// The client sent bytes: they are the stream's prefix.
+    Request,
+    /// The client closed, or an error.
+    Gone,
+    /// The idle timeout, or drain: close it.
+    Close,
+}
+
+/// Waits for the client's next bytes, the idle timeout or drain, holding
+/// no buffers: the socket, one timer and the drain signal.
+async fn park(
+    io: &mut ClientIo,
+    idle: Duration,
+    shutdown: &mut tokio::sync::watch::Receiver<bool>,
+) -> Wake {
+    let wait = idle.saturating_sub(io.activity.idle_for());
+    let mut small = [0u8; 32];
+    tokio::select! {
+        r = io.inner.read(&mut small) => match r {
+            Ok(n) if n > 0 => {
+                io.activity.touch();
+                io.prefix = Bytes::copy_from_slice(&small[..n]);
+                Wake::Request
+            }
+            _ => Wake::Gone,
+        },
+        () = tokio::time::sleep(wait) => Wake::Close,
+        _ = shutdown.changed() => Wake::Close,
+    }
+}
+
+/// Counts a connection in the parked gauge while it lives.
+struct Parked<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+
+impl<'a> Parked<'a> {
+    fn new(gauge: &'a prometheus_client::metrics::gauge::Gauge) -> Self {
+        gauge.inc();
+        Parked(gauge)
+    }
+}
+
+impl Drop for Parked<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// One active HTTP/1.1 phase: a hyper connection serves requests until the
+/// connection closes (`None`) or goes quiet for `park_after` (the stream
+/// comes back, to be parked).
+///
+/// `eager` (the connection's first phase): park as soon as a request has
+/// been answered and the client has sent nothing more, without waiting for
+/// `park_after`. Many clients open a connection, send one request and then
+/// stay silent (a burst of new visitors, a browser's spare connections);
+/// parking them at once keeps their buffers from piling up. A client that
+/// keeps sending pays one park and wake, then gets `park_after`.
+async fn run_h1(
+    shared: &Arc<Shared>,
+    ctx: Arc<ConnCtx>,
+    io: ClientIo,
+    limits: &Limits,
+    shutdown: &mut tokio::sync::watch::Receiver<bool>,
+    eager: bool,
+) -> Option<ClientIo> {
+    let activity = io.activity.clone();
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .keep_alive(true);
+    let idle = limits.idle_timeout;
+    let svc_shared = shared.clone();
+    let svc_ctx = ctx.clone();
+    let svc =
+        service_fn(move |req| Box::pin(proxy::handle(svc_shared.clone(), svc_ctx.clone(), req)));
+    let mut conn = builder.serve_connection(TokioIo::new(io), svc);
+    let park_after = limits.park_after;
+    // One timer, armed for the moment the connection would have been quiet
+    // for `park_after` (or `idle_timeout`): a busy connection costs one
+    // wake-up per `park_after`, not one per tick.
+    let first = park_after.min(idle);
+    let quiet_timer = tokio::time::sleep(first);
+    tokio::pin!(quiet_timer);
+    let mut closing = false;
+    let mut parking = false;
+    let end = loop {
+        tokio::select! {
+            r = std::future::poll_fn(|cx| {
+                let r = conn.poll_without_shutdown(cx);
+                if r.is_pending()
+                    && eager
+                    && !parking
+                    && !closing
+                    && activity.read_blocked()
+                    && ctx.answered.load(Ordering::Relaxed) > 0
+                    && ctx.inflight.load(Ordering::Relaxed) == 0
+                {
+                    // Answered, and the client is silent: park now.
+                    return Poll::Ready(None);
+                }
+                r.map(Some)
+            }) => {
+                match r {
+                    None => {
+                        Pin::new(&mut conn).graceful_shutdown();
+                        parking = true;
+                    }
+                    Some(r) => break match r {
+                        Err(e) => {
+                            tracing::debug!(client = %ctx.client.addr, error = %e, "connection ended with error");
+                            H1End::Closed
+                        }
+                        Ok(()) if parking && !closing => H1End::Park,
+                        Ok(()) => H1End::Closed,
+                    },
+                }
+            }
+            _ = shutdown.changed(), if !closing => {
+                Pin::new(&mut conn).graceful_shutdown();
+                closing = true;
+            }
+            () = &mut quiet_timer, if !closing && !parking => {
+                let busy = ctx.inflight.load(Ordering::Relaxed) > 0;
+                let quiet = activity.idle_for();
+                if !busy && quiet >= idle {
+                    Pin::new(&mut conn).graceful_shutdown();
+                    closing = true;
+                } else if !busy && quiet >= park_after {
+                    Pin::new(&mut conn).graceful_shutdown();
+                    parking = true;
+                } else {
+                    let wait = if busy { first } else { first.saturating_sub(quiet) };
+                    quiet_timer
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + wait.max(Duration::from_millis(1)));
+                }
+            }
+        }
+    };
+    let parts = conn.into_parts();
+    let mut back = parts.io.into_inner();
+    back.prepend(parts.read_buf);
+    // A WebSocket handler that answered 101 takes the stream.
+    if let Some(tx) = ctx.upgrade.lock().take() {
+        let _ = tx.send(back);
+        return None;
+    }
+    match end {
+        H1End::Closed => {
+            let _ = tokio::io::AsyncWriteExt::shutdown(&mut back).await;
+            None
+        }
+        H1End::Park => {
+            // A parked connection holds no server connection.
+            ctx.upstream.release();
+            Some(back)
+        }
+    }
+}
+
 /// Last time bytes moved on a connection.
 pub struct Activity {
     epoch: Instant,
     last_ms: AtomicU64,
+    /// The last read of the client stream found nothing to read.
+    read_blocked: AtomicBool,
 }
 
 impl Default for Activity {
@@ -258,12 +380,19 @@ impl Activity {
         Activity {
             epoch: Instant::now(),
             last_ms: AtomicU64::new(0),
+            read_blocked: AtomicBool::new(false),
         }
     }
 
     fn touch(&self) {
         let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Whether the last read of the client stream found nothing to read
+    /// (the client is waiting for us, or has nothing more to say).
+    fn read_blocked(&self) -> bool {
+        self.read_blocked.load(Ordering::Relaxed)
     }
 
     /// Time since bytes last moved.
@@ -317,8 +446,13 @@ impl AsyncRead for ClientIo {
         }
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.activity.touch();
+        match r {
+            Poll::Ready(Ok(())) if buf.filled().len() > before => {
+                self.activity.touch();
+                self.activity.read_blocked.store(false, Ordering::Relaxed);
+            }
+            Poll::Pending => self.activity.read_blocked.store(true, Ordering::Relaxed),
+            Poll::Ready(_) => {}
         }
         r
     }

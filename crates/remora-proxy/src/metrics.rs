@@ -54,6 +54,9 @@ pub struct Metrics {
     pub duration: Histogram,
     /// Open client connections.
     pub active_connections: Gauge,
+    /// Client connections parked (HTTP/1.1 keep-alive, waiting for their
+    /// next request with no HTTP state).
+    pub parked_connections: Gauge,
     /// 1 when a server is healthy and not in maintenance.
     pub server_up: Family<ServerLabels, Gauge>,
     /// Affinity outcomes.
@@ -97,6 +100,12 @@ impl Metrics {
             "Open client connections",
             active_connections.clone(),
         );
+        let parked_connections = Gauge::default();
+        registry.register(
+            "parked_connections",
+            "Idle HTTP/1.1 client connections parked (no HTTP state held)",
+            parked_connections.clone(),
+        );
         let server_up = Family::<ServerLabels, Gauge>::default();
         registry.register(
             "server_up",
@@ -132,6 +141,7 @@ impl Metrics {
             requests,
             duration,
             active_connections,
+            parked_connections,
             server_up,
             affinity,
             pinned,

@@ -37,6 +37,8 @@ pub struct ConnCtx {
     pub client: ClientInfo,
     /// Requests in flight on this connection (idle timeout waits for 0).
     pub inflight: Arc<AtomicUsize>,
+    /// Requests received on this context (its active phase) so far.
+    pub answered: AtomicUsize,
     /// Set by the WebSocket handler with its `101`: receives the client
     /// stream once hyper has finished with it.
     pub upgrade: parking_lot::Mutex<Option<tokio::sync::oneshot::Sender<ClientIo>>>,
@@ -44,6 +46,22 @@ pub struct ConnCtx {
     pub upstream: Arc<upstream::Slot>,
     /// The metric counters its last request counted in.
     pub counters: parking_lot::Mutex<CounterCache>,
+}
+
+impl ConnCtx {
+    /// A context for a connection accepted on `listen` from `client`, with
+    /// nothing in flight, no kept server connection and no cached counters.
+    pub fn new(listen: SocketAddr, client: ClientInfo) -> ConnCtx {
+        ConnCtx {
+            listen,
+            client,
+            inflight: Arc::new(AtomicUsize::new(0)),
+            answered: AtomicUsize::new(0),
+            upgrade: parking_lot::Mutex::new(None),
+            upstream: Arc::default(),
+            counters: parking_lot::Mutex::default(),
+        }
+    }
 }
 
 /// The counters a connection's last request used: its next request almost
@@ -128,6 +146,7 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     ctx.inflight.fetch_add(1, Ordering::Relaxed);
+    ctx.answered.fetch_add(1, Ordering::Relaxed);
     let guard = InflightGuard(ctx.inflight.clone());
     let start = Instant::now();
     let method = req.method().clone();

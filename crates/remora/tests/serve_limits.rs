@@ -401,3 +401,62 @@ async fn parked_keep_alive_connection_serves_the_next_request() {
     assert!(read_response(&mut s).contains("\"uri\":\"/echo\""));
     drop(r);
 }
+
+/// The value of an unlabelled gauge in the admin's `/metrics`.
+async fn gauge(c: &HttpClient, r: &Remora, name: &str) -> Option<u64> {
+    let text = admin(c, r, "GET", "/metrics", "").await.body;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_parked_connections_each_serve_a_second_request() {
+    const N: usize = 200;
+    let b1 = backend("b1");
+    let (addr, adm) = (free_addr(), free_addr());
+    // `park_after` far beyond the test: only the park right after a
+    // connection's first answer can park them.
+    let limits = "[listener.limits]\npark_after = \"600s\"\n";
+    let r = start(
+        &config(addr, adm, limits, COOKIE_POOL, &servers_toml(&[&b1])),
+        addr,
+        adm,
+    );
+    let c = client();
+    let req = b"GET /whoami HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut conns = Vec::with_capacity(N);
+    for i in 0..N {
+        let mut s = TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        s.write_all(req).expect("write");
+        let resp = read_response(&mut s);
+        assert!(
+            resp.ends_with("b1"),
+            "connection {i}, first request: {resp}"
+        );
+        conns.push(s);
+    }
+    // Every connection parks once answered (none is closed): the gauge
+    // counts them all.
+    let parked = eventually(Duration::from_secs(10), || async {
+        gauge(&c, &r, "remora_parked_connections").await == Some(N as u64)
+    })
+    .await;
+    assert!(
+        parked,
+        "parked: {:?}",
+        gauge(&c, &r, "remora_parked_connections").await
+    );
+    // Each wakes for its next request, on the same socket.
+    for (i, s) in conns.iter_mut().enumerate() {
+        s.write_all(req).expect("write");
+        let resp = read_response(s);
+        assert!(
+            resp.starts_with("HTTP/1.1 200") && resp.ends_with("b1"),
+            "connection {i}, second request: {resp}"
+        );
+    }
+    drop(conns);
+    drop(r);
+}
