@@ -1,7 +1,7 @@
 //! Clustering: broadcast publishes fan out between nodes through one Redis
-//! pub/sub channel (`{prefix}:bayeux`). Each node delivers what other nodes
-//! publish to its own subscribers; its own publishes it has delivered
-//! already. Bayeux clients themselves are per node: a client that moves to
+//! pub/sub channel (`{prefix}:bayeux`). Each node hands what other nodes
+//! publish to its own server-side listeners and delivers it to its own
+//! subscribers; its own publishes it has handled already. Bayeux clients themselves are per node: a client that moves to
 //! another node re-handshakes there.
 //!
 //! The link survives Redis outages. The subscriber notices a lost connection
@@ -339,7 +339,7 @@ async fn receive(
                 };
                 match split_payload(msg.get_payload_bytes()) {
                     Some((from, channel, json)) if from != node => {
-                        Bayeux { inner }.fan_out_local(channel, &Arc::from(json));
+                        Bayeux { inner }.receive_remote(channel, Arc::from(json));
                     }
                     Some(_) => {}
                     None => tracing::warn!("bayeux cluster: malformed payload ignored"),

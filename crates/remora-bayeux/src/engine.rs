@@ -64,7 +64,8 @@ pub enum RemoveReason {
 pub struct Published<'a> {
     /// The channel it was published on.
     pub channel: &'a str,
-    /// The publishing client, `None` when published from Rust.
+    /// The publishing client, `None` when published from Rust or by a
+    /// client of another node of the cluster.
     pub from: Option<&'a str>,
     /// The message as received (after incoming extensions).
     pub message: &'a Message,
@@ -474,6 +475,29 @@ impl Bayeux {
                 .fetch_add(1, Ordering::Relaxed);
         }
         Some(self.fan_out_local(channel, &json))
+    }
+
+    /// Handles a broadcast that another node of the cluster published:
+    /// this node's server-side listeners on `channel` (with no publishing
+    /// client: it is on the other node), then its subscribers. The message
+    /// is parsed only when a listener matches.
+    pub(crate) fn receive_remote(&self, channel: &str, json: Arc<str>) -> usize {
+        let listening = self
+            .inner
+            .listeners
+            .read()
+            .iter()
+            .any(|(p, _)| p.matches(channel));
+        if listening {
+            match serde_json::from_str::<Message>(&json) {
+                Ok(m) => self.call_listeners(channel, None, &m),
+                Err(e) => tracing::warn!(
+                    %channel, error = %e,
+                    "bayeux cluster: unparsable message; listeners skipped"
+                ),
+            }
+        }
+        self.fan_out_local(channel, &json)
     }
 
     /// Queues already-serialised `json` for every local subscriber of

@@ -126,6 +126,17 @@ async fn publish_on_one_node_reaches_the_other() {
     b.bayeux.join_cluster(&url, &prefix).await.unwrap();
     assert!(a.bayeux.join_cluster(&url, &prefix).await.is_err());
 
+    // A server-side listener on B hears publishes made on A.
+    let (heard_tx, mut heard) = tokio::sync::mpsc::unbounded_channel();
+    b.bayeux
+        .add_listener("/room/*", move |_, p| {
+            let _ = heard_tx.send((
+                p.channel.to_owned(),
+                p.from.is_none(),
+                p.message.data.clone(),
+            ));
+        })
+        .unwrap();
     let on_b = b.client().await;
     b.subscribe(&on_b, json!("/room/*")).await;
     let on_a = a.client().await;
@@ -146,6 +157,13 @@ async fn publish_on_one_node_reaches_the_other() {
     let got = deliveries(&r);
     assert_eq!(got.len(), 1, "{r:?}");
     assert_eq!(got[0]["data"], "from-a");
+    let (channel, no_local_client, data) =
+        tokio::time::timeout(Duration::from_secs(10), heard.recv())
+            .await
+            .expect("B's listener heard A's publish")
+            .unwrap();
+    assert_eq!((channel.as_str(), no_local_client), ("/room/1", true));
+    assert_eq!(data, Some(json!("from-a")));
     // Published from Rust on B: reaches A; A's own subscriber got it once.
     b.bayeux.publish("/room/2", json!("from-b")).unwrap();
     let mut data = vec![];
@@ -200,6 +218,17 @@ async fn cluster_link_survives_a_redis_restart() {
     }
 
     // After the restart: a publish on A reaches a subscriber on B.
+    // A server-side listener on B hears publishes made on A.
+    let (heard_tx, mut heard) = tokio::sync::mpsc::unbounded_channel();
+    b.bayeux
+        .add_listener("/room/*", move |_, p| {
+            let _ = heard_tx.send((
+                p.channel.to_owned(),
+                p.from.is_none(),
+                p.message.data.clone(),
+            ));
+        })
+        .unwrap();
     let on_b = b.client().await;
     b.subscribe(&on_b, json!("/room/*")).await;
     assert_eq!(
