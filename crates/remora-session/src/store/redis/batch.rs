@@ -87,6 +87,10 @@ impl Batcher {
     /// `with_id`, that pipeline ends with `CLIENT ID` and its answer comes
     /// back too (all replies of one pipeline come over one connection).
     pub(super) async fn query(self: &Arc<Self>, cmds: Vec<Cmd>, with_id: bool) -> Answer {
+        if tokio::runtime::Handle::try_current().is_err() {
+            // Polled outside a Tokio runtime: no flush task can be spawned.
+            return query_now(&mut self.conn.clone(), cmds, with_id).await;
+        }
         let (reply, answer) = oneshot::channel();
         let schedule = {
             let mut q = self.queue.lock();
