@@ -391,28 +391,26 @@ impl RedisStore {
         }
     }
 
-    /// Runs `cmds` on connection `j`, adjacent and in order in one
-    /// pipeline (queued with others' when coalescing is on) — followed by
-    /// `CLIENT ID` when `with_id` — loading the script the first command
-    /// calls (its code: `script`) and retrying once if Redis lost it.
-    /// Returns the replies in order.
+    /// Runs the commands `build` makes on connection `j`, adjacent and in
+    /// order in one pipeline (queued with others' when coalescing is on) —
+    /// followed by `CLIENT ID` when `with_id` — loading the script the first
+    /// command calls (its code: `script`) and, if Redis lost it, building
+    /// the commands again and retrying once. Returns the replies in order.
     async fn run(
         &self,
         j: usize,
-        cmds: Vec<Cmd>,
+        build: impl Fn() -> Vec<Cmd>,
         script: Option<&'static str>,
         with_id: bool,
     ) -> Result<(Vec<Value>, Option<u64>), StoreError> {
         let batcher = self.batchers.get(j).and_then(Option::as_ref);
         let mut conn = self.conns[j].clone();
-        // A retry needs the commands again; only a script can need one.
-        let again = script.map(|_| cmds.clone());
         let r = match batcher {
-            Some(b) => b.query(cmds, with_id).await,
-            None => batch::query_now(&mut conn, cmds, with_id).await,
+            Some(b) => b.query(build(), with_id).await,
+            None => batch::query_now(&mut conn, build(), with_id).await,
         };
-        match (r, script, again) {
-            (Err(e), Some(code), Some(cmds)) if e.code() == Some("NOSCRIPT") => {
+        match (r, script) {
+            (Err(e), Some(code)) if e.code() == Some("NOSCRIPT") => {
                 redis::cmd("SCRIPT")
                     .arg("LOAD")
                     .arg(code)
@@ -420,12 +418,12 @@ impl RedisStore {
                     .await
                     .map_err(StoreError::Redis)?;
                 match batcher {
-                    Some(b) => b.query(cmds, with_id).await,
-                    None => batch::query_now(&mut conn, cmds, with_id).await,
+                    Some(b) => b.query(build(), with_id).await,
+                    None => batch::query_now(&mut conn, build(), with_id).await,
                 }
                 .map_err(StoreError::Redis)
             }
-            (r, _, _) => r.map_err(StoreError::Redis),
+            (r, _) => r.map_err(StoreError::Redis),
         }
     }
 
@@ -433,11 +431,11 @@ impl RedisStore {
     async fn run_one(
         &self,
         j: usize,
-        cmd: Cmd,
+        build: impl Fn() -> Cmd,
         script: Option<&'static str>,
         with_id: bool,
     ) -> Result<(Value, Option<u64>), StoreError> {
-        let (mut values, id) = self.run(j, vec![cmd], script, with_id).await?;
+        let (mut values, id) = self.run(j, || vec![build()], script, with_id).await?;
         let v = values
             .pop()
             .ok_or(StoreError::Malformed("a command got no reply"))?;
@@ -521,8 +519,11 @@ impl Store for RedisStore {
         Box::pin(async move {
             let key = self.key(id);
             let j = route(&key, self.conns.len());
-            let mut get = redis::cmd("GET");
-            get.arg(&key);
+            let get = || {
+                let mut get = redis::cmd("GET");
+                get.arg(&key);
+                get
+            };
             let Some(cache) = &self.cache else {
                 let (v, _) = self.run_one(j, get, None, false).await?;
                 return match v {
@@ -561,24 +562,28 @@ impl Store for RedisStore {
                 None => None,
             };
             let generation = self.cache.as_ref().map(|c| c.generation(&key));
-            let mut cmd = redis::cmd("EVALSHA");
-            cmd.arg(self.save.get_hash())
-                .arg(1)
-                .arg(&key)
-                .arg(version_field(expected_version))
-                .arg(value)
-                .arg(record.expires_at());
-            let mut cmds = vec![cmd];
-            if tracked.is_some() {
-                // A write ends the writer's own tracking of the key; this
-                // read renews it. Another save in between would change the
-                // version, so the record is kept only if this read sees its
-                // own version.
-                let mut read = redis::cmd("GETRANGE");
-                read.arg(&key).arg(0).arg(FIELD - 1);
-                cmds.push(read);
-            }
-            let (mut replies, client) = self.run(j, cmds, Some(SAVE), tracked.is_some()).await?;
+            let expected = version_field(expected_version);
+            let build = || {
+                let mut cmd = redis::cmd("EVALSHA");
+                cmd.arg(self.save.get_hash())
+                    .arg(1)
+                    .arg(&key)
+                    .arg(&expected)
+                    .arg(&value)
+                    .arg(record.expires_at());
+                let mut cmds = vec![cmd];
+                if tracked.is_some() {
+                    // A write ends the writer's own tracking of the key;
+                    // this read renews it. Another save in between would
+                    // change the version, so the record is kept only if
+                    // this read sees its own version.
+                    let mut read = redis::cmd("GETRANGE");
+                    read.arg(&key).arg(0).arg(FIELD - 1);
+                    cmds.push(read);
+                }
+                cmds
+            };
+            let (mut replies, client) = self.run(j, build, Some(SAVE), tracked.is_some()).await?;
             let seen = if tracked.is_some() {
                 replies.pop()
             } else {
@@ -623,8 +628,11 @@ impl Store for RedisStore {
             if let Some(c) = &self.cache {
                 c.invalidate(&key);
             }
-            let mut del = redis::cmd("DEL");
-            del.arg(&key);
+            let del = || {
+                let mut del = redis::cmd("DEL");
+                del.arg(&key);
+                del
+            };
             let r = self.run_one(j, del, None, false).await.map(|_| ());
             if let Some(c) = &self.cache {
                 c.invalidate(&key);
@@ -646,13 +654,16 @@ impl Store for RedisStore {
                 Some(_) => self.tracking(j).await,
                 None => None,
             };
-            let mut cmd = redis::cmd("EVALSHA");
-            cmd.arg(self.touch.get_hash())
-                .arg(1)
-                .arg(&key)
-                .arg(accessed_at)
-                .arg(idle_deadline)
-                .arg(if tracked.is_some() { "1" } else { "0" });
+            let cmd = || {
+                let mut cmd = redis::cmd("EVALSHA");
+                cmd.arg(self.touch.get_hash())
+                    .arg(1)
+                    .arg(&key)
+                    .arg(accessed_at)
+                    .arg(idle_deadline)
+                    .arg(if tracked.is_some() { "1" } else { "0" });
+                cmd
+            };
             let (v, _) = self.run_one(j, cmd, Some(TOUCH), false).await?;
             let touched = matches!(v, Value::Int(1));
             if let Some(c) = &self.cache {
