@@ -48,40 +48,48 @@ pub fn idempotent(m: &Method) -> bool {
     )
 }
 
-static HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-];
+/// `X-Forwarded-For`.
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `X-Forwarded-Proto`.
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// Whether `name` is hop-by-hop by itself (whatever `Connection` lists):
+/// the fixed list of RFC 9110 section 7.6.1 and its predecessors, and every
+/// `Proxy-*` header.
+fn hop_by_hop(name: &HeaderName) -> bool {
+    let s = name.as_str();
+    matches!(
+        s,
+        "connection" | "keep-alive" | "te" | "trailer" | "transfer-encoding" | "upgrade"
+    ) || s.starts_with("proxy-")
+}
 
 /// Removes hop-by-hop headers: those named in `Connection`, the fixed list,
-/// and every `Proxy-*` header.
+/// and every `Proxy-*` header. One pass over the names finds them; a
+/// header section without any (most requests) is left untouched.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
-    let listed: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for n in listed {
-        h.remove(n);
+    let mut doomed: Vec<HeaderName> = Vec::new();
+    for name in h.keys() {
+        if hop_by_hop(name) {
+            doomed.push(name.clone());
+        }
     }
-    for n in &HOP_BY_HOP {
-        h.remove(n);
+    if doomed.is_empty() {
+        return;
     }
-    let proxy: Vec<HeaderName> = h
-        .keys()
-        .filter(|k| k.as_str().starts_with("proxy-"))
-        .cloned()
-        .collect();
-    for n in proxy {
-        h.remove(n);
+    for v in h.get_all(header::CONNECTION) {
+        let Ok(v) = v.to_str() else { continue };
+        for token in v.split(',') {
+            let Ok(name) = HeaderName::from_bytes(token.trim().as_bytes()) else {
+                continue;
+            };
+            if !hop_by_hop(&name) && h.contains_key(&name) {
+                doomed.push(name);
+            }
+        }
+    }
+    for name in doomed {
+        h.remove(name);
     }
 }
 
@@ -94,54 +102,103 @@ pub struct ClientInfo {
     pub tls: bool,
 }
 
-fn forwarded_node(addr: &SocketAddr) -> String {
-    match addr {
-        SocketAddr::V4(a) => a.ip().to_string(),
-        SocketAddr::V6(a) => format!("\"[{}]\"", a.ip()),
+/// The forwarding header values of one client connection, built once for
+/// all its requests instead of once per request.
+#[derive(Debug)]
+pub struct Forwarding {
+    /// The client's IP, as `X-Forwarded-For` carries it.
+    ip: HeaderValue,
+    /// `http` or `https`.
+    proto: &'static str,
+    /// This hop's `Forwarded` element without `host`: `for=...;proto=...`.
+    node: HeaderValue,
+    /// The last element built with a `host`, and that host.
+    with_host: parking_lot::Mutex<Option<(Box<str>, HeaderValue)>>,
+}
+
+impl Forwarding {
+    /// The values for requests from `client`.
+    pub fn new(client: &ClientInfo) -> Self {
+        let ip = client.addr.ip().to_string();
+        let proto = if client.tls { "https" } else { "http" };
+        let node = match client.addr {
+            SocketAddr::V4(_) => format!("for={ip};proto={proto}"),
+            SocketAddr::V6(_) => format!("for=\"[{ip}]\";proto={proto}"),
+        };
+        Forwarding {
+            ip: header_value(ip),
+            proto,
+            node: header_value(node),
+            with_host: parking_lot::Mutex::new(None),
+        }
     }
+
+    /// This hop's `Forwarded` element for a request to `host`.
+    fn element(&self, host: Option<&str>) -> HeaderValue {
+        let Some(host) = host.filter(|h| h.bytes().all(|b| b.is_ascii_graphic() && b != b'"'))
+        else {
+            return self.node.clone();
+        };
+        let mut last = self.with_host.lock();
+        if let Some((h, v)) = &*last
+            && **h == *host
+        {
+            return v.clone();
+        }
+        let node = self.node.to_str().unwrap_or_default();
+        let v = header_value(format!("{node};host=\"{host}\""));
+        *last = Some((host.into(), v.clone()));
+        v
+    }
+}
+
+/// A header value from text known to be valid (ASCII, no control bytes);
+/// empty should it not be.
+fn header_value(s: String) -> HeaderValue {
+    HeaderValue::from_maybe_shared(Bytes::from(s)).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 /// Adds `X-Forwarded-For` (appended), `X-Forwarded-Proto`, `Forwarded`
 /// (appended, RFC 7239) and `Via` (appended).
-pub fn add_forwarding(
-    h: &mut HeaderMap,
-    client: &ClientInfo,
-    version: Version,
-    host: Option<&str>,
-) {
-    let ip = client.addr.ip().to_string();
-    let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
-        _ => ip,
-    };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        h.insert("x-forwarded-for", v);
-    }
-    let proto = if client.tls { "https" } else { "http" };
-    h.insert("x-forwarded-proto", HeaderValue::from_static(proto));
-    let mut fwd = format!("for={};proto={proto}", forwarded_node(&client.addr));
-    if let Some(host) = host.filter(|h| h.bytes().all(|b| b.is_ascii_graphic() && b != b'"')) {
-        fwd.push_str(";host=\"");
-        fwd.push_str(host);
-        fwd.push('"');
-    }
-    append_list(h, header::FORWARDED, &fwd);
+pub fn add_forwarding(h: &mut HeaderMap, fwd: &Forwarding, version: Version, host: Option<&str>) {
+    append_list(h, X_FORWARDED_FOR, fwd.ip.clone());
+    h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(fwd.proto));
+    append_list(h, header::FORWARDED, fwd.element(host));
     let via = match version {
         Version::HTTP_2 => "2 remora",
         Version::HTTP_10 => "1.0 remora",
         _ => "1.1 remora",
     };
-    append_list(h, header::VIA, via);
+    append_list(h, header::VIA, HeaderValue::from_static(via));
 }
 
-/// Appends `item` to a comma-separated list header.
-pub fn append_list(h: &mut HeaderMap, name: HeaderName, item: &str) {
-    let joined = match h.get(&name).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {item}"),
-        _ => item.to_string(),
-    };
-    if let Ok(v) = HeaderValue::from_str(&joined) {
-        h.insert(name, v);
+/// Appends `item` to a comma-separated list header: the header's values
+/// (all of them, in order; blank or non-text ones dropped) joined with
+/// `item` into one, or `item` alone when there are none.
+pub fn append_list(h: &mut HeaderMap, name: HeaderName, item: HeaderValue) {
+    match h.entry(name) {
+        header::Entry::Vacant(e) => {
+            e.insert(item);
+        }
+        header::Entry::Occupied(mut e) => {
+            let mut joined = String::new();
+            for v in e.iter() {
+                let Ok(v) = v.to_str() else { continue };
+                let v = v.trim();
+                if !v.is_empty() {
+                    joined.push_str(v);
+                    joined.push_str(", ");
+                }
+            }
+            if joined.is_empty() {
+                e.insert(item);
+                return;
+            }
+            joined.push_str(item.to_str().unwrap_or_default());
+            if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(joined)) {
+                e.insert(v);
+            }
+        }
     }
 }
 
@@ -265,7 +322,12 @@ mod tests {
             addr: "[2001:db8::5]:443".parse().unwrap(),
             tls: true,
         };
-        add_forwarding(&mut h, &c, Version::HTTP_2, Some("example.test"));
+        add_forwarding(
+            &mut h,
+            &Forwarding::new(&c),
+            Version::HTTP_2,
+            Some("example.test"),
+        );
         assert_eq!(h["x-forwarded-for"], "198.51.100.1, 2001:db8::5");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(
@@ -273,6 +335,81 @@ mod tests {
             "for=198.51.100.1, for=\"[2001:db8::5]\";proto=https;host=\"example.test\""
         );
         assert_eq!(h["via"], "2 remora");
+    }
+
+    #[test]
+    fn hop_by_hop_listed_only_in_connection_is_removed() {
+        let mut h = HeaderMap::new();
+        h.append("connection", HeaderValue::from_static("keep-alive"));
+        h.append("connection", HeaderValue::from_static("X-Trace, close"));
+        h.insert("x-trace", HeaderValue::from_static("1"));
+        h.insert("x-keep", HeaderValue::from_static("y"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("x-keep"));
+        // Nothing hop-by-hop: nothing changes.
+        let mut h = HeaderMap::new();
+        h.insert("host", HeaderValue::from_static("a"));
+        h.insert("x-connection", HeaderValue::from_static("b"));
+        let before = h.clone();
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h, before);
+    }
+
+    #[test]
+    fn list_headers_keep_every_earlier_value() {
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", HeaderValue::from_static("192.0.2.1"));
+        h.append("x-forwarded-for", HeaderValue::from_static(" "));
+        h.append(
+            "x-forwarded-for",
+            HeaderValue::from_static("192.0.2.2, 192.0.2.3"),
+        );
+        append_list(
+            &mut h,
+            X_FORWARDED_FOR,
+            HeaderValue::from_static("192.0.2.4"),
+        );
+        let all: Vec<_> = h.get_all("x-forwarded-for").iter().collect();
+        assert_eq!(all, ["192.0.2.1, 192.0.2.2, 192.0.2.3, 192.0.2.4"]);
+        let mut h = HeaderMap::new();
+        h.insert("via", HeaderValue::from_static(""));
+        append_list(&mut h, header::VIA, HeaderValue::from_static("1.1 remora"));
+        assert_eq!(h["via"], "1.1 remora");
+    }
+
+    #[test]
+    fn forwarded_element_follows_the_host_of_each_request() {
+        let c = ClientInfo {
+            addr: "192.0.2.7:5000".parse().unwrap(),
+            tls: false,
+        };
+        let f = Forwarding::new(&c);
+        let mut seen = Vec::new();
+        for host in [
+            Some("a.test"),
+            Some("a.test"),
+            Some("b.test"),
+            None,
+            Some("bad\"host"),
+        ] {
+            let mut h = HeaderMap::new();
+            add_forwarding(&mut h, &f, Version::HTTP_11, host);
+            assert_eq!(h["x-forwarded-for"], "192.0.2.7");
+            assert_eq!(h["x-forwarded-proto"], "http");
+            assert_eq!(h["via"], "1.1 remora");
+            seen.push(h["forwarded"].to_str().unwrap().to_owned());
+        }
+        assert_eq!(
+            seen,
+            [
+                "for=192.0.2.7;proto=http;host=\"a.test\"",
+                "for=192.0.2.7;proto=http;host=\"a.test\"",
+                "for=192.0.2.7;proto=http;host=\"b.test\"",
+                "for=192.0.2.7;proto=http",
+                "for=192.0.2.7;proto=http",
+            ]
+        );
     }
 
     #[test]

@@ -14,11 +14,11 @@ use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use crate::affinity::{Decision, Outcome};
+use crate::affinity::{Decision, OpenedCookie, Outcome};
 use crate::conn::ClientIo;
 use crate::forward::{
-    self, ClientInfo, LimitedBody, ProxyBody, add_forwarding, append_list, header_bytes,
-    idempotent, local, request_host, strip_hop_by_hop, upstream_uri,
+    self, ClientInfo, Forwarding, LimitedBody, ProxyBody, add_forwarding, append_list,
+    header_bytes, idempotent, local, request_host, strip_hop_by_hop, upstream_uri,
 };
 use crate::metrics::{AffinityLabels, RequestLabels};
 use crate::pool::Pool;
@@ -35,6 +35,8 @@ pub struct ConnCtx {
     pub listen: SocketAddr,
     /// Client address and TLS flag.
     pub client: ClientInfo,
+    /// Its forwarding header values.
+    pub forwarding: Forwarding,
     /// Requests in flight on this connection (idle timeout waits for 0).
     pub inflight: Arc<AtomicUsize>,
     /// Requests received on this context (its active phase) so far.
@@ -46,6 +48,9 @@ pub struct ConnCtx {
     pub upstream: Arc<upstream::Slot>,
     /// The metric counters its last request counted in.
     pub counters: parking_lot::Mutex<CounterCache>,
+    /// The affinity cookie its last request carried, opened, and the pool
+    /// whose `Affinity` opened it.
+    pub opened_cookie: parking_lot::Mutex<Option<(Arc<Pool>, OpenedCookie)>>,
 }
 
 impl ConnCtx {
@@ -54,12 +59,14 @@ impl ConnCtx {
     pub fn new(listen: SocketAddr, client: ClientInfo) -> ConnCtx {
         ConnCtx {
             listen,
+            forwarding: Forwarding::new(&client),
             client,
             inflight: Arc::new(AtomicUsize::new(0)),
             answered: AtomicUsize::new(0),
             upgrade: parking_lot::Mutex::new(None),
             upstream: Arc::default(),
             counters: parking_lot::Mutex::default(),
+            opened_cookie: parking_lot::Mutex::new(None),
         }
     }
 }
@@ -271,13 +278,21 @@ async fn proxy(
     };
     let key =
         RequestKey::new(ctx.client.addr.ip(), req.headers(), req.uri()).with_tls(ctx.client.tls);
-    let decision = pool.affinity.resolve(
-        &key,
-        pool.entries(),
-        &*pool,
-        pool.selector(),
-        SystemTime::now(),
-    );
+    let decision = {
+        let mut memo = ctx.opened_cookie.lock();
+        if !memo.as_ref().is_some_and(|(p, _)| Arc::ptr_eq(p, &pool)) {
+            *memo = None;
+        }
+        let (_, opened) = memo.get_or_insert_with(|| (pool.clone(), OpenedCookie::default()));
+        pool.affinity.resolve_with(
+            &key,
+            pool.entries(),
+            &*pool,
+            pool.selector(),
+            SystemTime::now(),
+            opened,
+        )
+    };
     info.outcome = decision.outcome();
     if decision.is_refused() {
         return no_server("pinned server unavailable (strict affinity)\n");
@@ -310,7 +325,7 @@ async fn forward_with_retries(
     strip_hop_by_hop(&mut parts.headers);
     add_forwarding(
         &mut parts.headers,
-        &ctx.client,
+        &ctx.forwarding,
         client_version,
         host.as_deref(),
     );
@@ -405,7 +420,11 @@ async fn forward_with_retries(
                     SystemTime::now(),
                 );
                 strip_hop_by_hop(&mut rp.headers);
-                append_list(&mut rp.headers, header::VIA, "1.1 remora");
+                append_list(
+                    &mut rp.headers,
+                    header::VIA,
+                    HeaderValue::from_static("1.1 remora"),
+                );
                 if let Some(c) = set_cookie {
                     rp.headers.append(header::SET_COOKIE, c);
                 }

@@ -44,7 +44,7 @@ pub async fn proxy(
     strip_hop_by_hop(&mut parts.headers);
     add_forwarding(
         &mut parts.headers,
-        &ctx.client,
+        &ctx.forwarding,
         parts.version,
         host.as_deref(),
     );

@@ -363,6 +363,24 @@ fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
+/// The affinity cookie value a client connection sent last, and what it
+/// opened to. A connection's requests almost always carry the same value,
+/// which then costs a comparison instead of a decryption. Valid for the one
+/// [`Affinity`] it was filled by (its key and pool): the caller keeps it
+/// with that `Affinity`.
+#[derive(Debug, Default)]
+pub struct OpenedCookie(Option<(Box<str>, CookieRecord)>);
+
+impl OpenedCookie {
+    /// The record `value` opened to, if it is the remembered value.
+    fn get(&self, value: &str) -> Option<&CookieRecord> {
+        match &self.0 {
+            Some((v, r)) if **v == *value => Some(r),
+            _ => None,
+        }
+    }
+}
+
 /// Affinity of one pool: config, sealer (`Purpose::Affinity`) and stick
 /// table. Shared by all requests (`Arc`); rebuilt on reload, then
 /// [`Affinity::carry_over`] keeps the pins.
@@ -426,6 +444,29 @@ impl Affinity {
         selector: &dyn Selector,
         now: SystemTime,
     ) -> Decision {
+        self.resolve_with(
+            req,
+            servers,
+            elig,
+            selector,
+            now,
+            &mut OpenedCookie::default(),
+        )
+    }
+
+    /// [`Affinity::resolve`] for a request of a client connection whose
+    /// earlier requests' cookie `opened` remembers (for this `Affinity`
+    /// only): the same cookie value again is not decrypted again. Expiry is
+    /// still checked on every request.
+    pub fn resolve_with(
+        &self,
+        req: &RequestKey<'_>,
+        servers: &[ServerEntry],
+        elig: &dyn Eligibility,
+        selector: &dyn Selector,
+        now: SystemTime,
+        opened: &mut OpenedCookie,
+    ) -> Decision {
         let now = unix_secs(now);
         let secure = req.tls;
         let select = |outcome: Option<Outcome>, pin: Pin| {
@@ -438,7 +479,12 @@ impl Affinity {
                 let mut record = None;
                 for value in request_cookies(req.headers, &self.cfg.cookie) {
                     seen = true;
+                    if let Some(r) = opened.get(value) {
+                        record = Some(r.clone());
+                        break;
+                    }
                     if let Ok(r) = CookieRecord::open(&self.sealer, value, &self.aad) {
+                        opened.0 = Some((value.into(), r.clone()));
                         record = Some(r);
                         break;
                     }

@@ -222,6 +222,66 @@ fn tampered_or_foreign_cookie_is_invalid_and_repinned_fresh() {
 }
 
 #[test]
+fn a_remembered_cookie_still_expires_and_a_changed_one_is_opened_again() {
+    let p = Pool::new(AffinityMode::Cookie, |c| {
+        c.max_idle = Some(Duration::from_secs(600));
+    });
+    let mut opened = OpenedCookie::default();
+    let resolve = |req: &Req, now: u64, opened: &mut OpenedCookie| {
+        p.affinity.resolve_with(
+            &req.key(),
+            &p.servers,
+            &p.elig,
+            &*p.selector,
+            at(now),
+            opened,
+        )
+    };
+    let sc = p.request(&Req::new(), T0).1.expect("cookie");
+    let req = with_cookie(&sc);
+    let first = resolve(&req, T0 + 1, &mut opened);
+    assert_eq!(first.outcome(), Some(Outcome::Hit));
+    assert!(
+        opened.get(pair(&sc)).is_some(),
+        "the opened cookie is remembered"
+    );
+    // The same value again: the same pin, from memory.
+    let again = resolve(&req, T0 + 2, &mut opened);
+    assert_eq!(again.outcome(), Some(Outcome::Hit));
+    assert_eq!(again.server(), first.server());
+    // Remembered or not, expiry is checked on every request.
+    let late = resolve(&req, T0 + 601, &mut opened);
+    assert_eq!(late.outcome(), Some(Outcome::Expired));
+    // A tampered value is not taken for the remembered one.
+    let text = sc.to_str().expect("ascii").split(';').next().expect("pair");
+    let mut bytes = text.as_bytes().to_vec();
+    let last = bytes.len() - 3;
+    bytes[last] = if bytes[last] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(bytes).expect("ascii");
+    let d = resolve(&Req::new().header("cookie", &tampered), T0 + 3, &mut opened);
+    assert_eq!(d.outcome(), Some(Outcome::Invalid));
+    // Another pool's Affinity (another key) with that memory still refuses it.
+    let other = Pool::with_sealer(AffinityMode::Cookie, |_| {}, sealer(9));
+    let mut fresh = OpenedCookie::default();
+    let d = other.affinity.resolve_with(
+        &req.key(),
+        &other.servers,
+        &other.elig,
+        &*other.selector,
+        at(T0 + 4),
+        &mut fresh,
+    );
+    assert_eq!(d.outcome(), Some(Outcome::Invalid));
+}
+
+/// The cookie value of a Set-Cookie.
+fn pair(set_cookie: &HeaderValue) -> &str {
+    let s = set_cookie.to_str().expect("ascii");
+    let pair = s.split(';').next().expect("pair");
+    pair.split_once('=').expect("name=value").1
+}
+
+#[test]
 fn another_instance_with_the_same_key_honours_the_cookie() {
     let a = cookie_pool();
     let b = cookie_pool();
