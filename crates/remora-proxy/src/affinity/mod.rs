@@ -2,7 +2,9 @@
 //! moving it deterministically (repin) when it does not.
 //!
 //! One [`Affinity`] per pool. Per request the proxy calls
-//! [`Affinity::resolve`] (which server, and the outcome to log and count),
+//! [`Affinity::resolve_with`] (which server, and the outcome to log and
+//! count; the client connection's [`OpenedCookie`] spares decrypting the
+//! same cookie again; [`Affinity::resolve`] is the same without it),
 //! forwards to the first of [`Decision::candidates`] (the rest are
 //! retries), calls [`Affinity::repin_after_failure`] if the pinned server
 //! refused the connection, and finally [`Affinity::on_response`] with the
