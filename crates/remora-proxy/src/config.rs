@@ -75,6 +75,8 @@ pub struct KeysConfig {
 pub struct Limits {
     /// Largest request header section, in bytes (431 beyond).
     pub max_header_bytes: usize,
+    /// Largest response header section a server may send, in bytes (502 beyond).
+    pub max_response_header_bytes: usize,
     /// Largest request body, in bytes (413 beyond).
     pub max_body_bytes: u64,
     /// Time allowed to receive a complete request header section.
@@ -107,6 +109,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_header_bytes: 16 * 1024,
+            max_response_header_bytes: 64 * 1024,
             max_body_bytes: 64 * 1024 * 1024,
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),

@@ -24,7 +24,7 @@ use crate::metrics::{AffinityLabels, RequestLabels};
 use crate::pool::Pool;
 use crate::select::RequestKey;
 use crate::serve::Shared;
-use crate::upstream::{self, ForwardError, UpstreamBody};
+use crate::upstream::{self, ForwardError};
 use crate::{route, websocket};
 use prometheus_client::metrics::counter::Counter;
 
@@ -388,16 +388,13 @@ async fn forward_with_retries(
         }
         let guard = server.begin();
         let t0 = Instant::now();
-        match upstream::send(
-            &ctx.upstream,
-            &server.address,
-            up,
-            shared.connect_timeout,
-            limits.server_timeout,
-        )
-        .await
-        {
-            Ok((resp, checkin)) => {
+        let opts = upstream::SendOptions {
+            connect_timeout: shared.connect_timeout,
+            timeout: limits.server_timeout,
+            max_head: limits.max_response_header_bytes,
+        };
+        match upstream::send(&ctx.upstream, &server.address, up, opts).await {
+            Ok(resp) => {
                 server.live.stats.observe_latency(t0.elapsed());
                 if resp.status().is_server_error() {
                     if server.record_failure(health.passive_fall, health.passive_backoff) {
@@ -428,13 +425,17 @@ async fn forward_with_retries(
                 if let Some(c) = set_cookie {
                     rp.headers.append(header::SET_COOKIE, c);
                 }
-                let body = UpstreamBody::new(rbody, checkin, guard).boxed();
+                let body = rbody.with_guard(guard).boxed();
                 return Response::from_parts(rp, body);
             }
             Err(e) => {
                 drop(guard);
                 if exceeded.load(Ordering::Relaxed) {
                     return local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
+                }
+                if let ForwardError::Body(e) = &e {
+                    tracing::debug!(pool = pool.name(), server = server.name(), error = %e, "request body failed");
+                    return local(StatusCode::BAD_REQUEST, "request body ended early\n");
                 }
                 if matches!(e, ForwardError::Timeout) {
                     tracing::warn!(pool = pool.name(), server = server.name(), "server timeout");

@@ -81,6 +81,7 @@ struct RawKeys {
 #[serde(deny_unknown_fields)]
 struct RawLimits {
     max_header_bytes: Option<Spanned<u64>>,
+    max_response_header_bytes: Option<Spanned<u64>>,
     max_body_bytes: Option<u64>,
     header_read_timeout: Option<Spanned<String>>,
     idle_timeout: Option<Spanned<String>>,
@@ -321,6 +322,16 @@ fn limits(ctx: &Ctx<'_>, raw: Option<&RawLimits>, base: &Limits) -> Result<Limit
             return Err(ctx.at(v.span(), "max_header_bytes must be in 1024..=1048576"));
         }
         l.max_header_bytes = n as usize;
+    }
+    if let Some(v) = &raw.max_response_header_bytes {
+        let n = *v.get_ref();
+        if !(1024..=1024 * 1024).contains(&n) {
+            return Err(ctx.at(
+                v.span(),
+                "max_response_header_bytes must be in 1024..=1048576",
+            ));
+        }
+        l.max_response_header_bytes = n as usize;
     }
     if let Some(v) = raw.max_body_bytes {
         l.max_body_bytes = v;
@@ -769,6 +780,20 @@ slow_start = "30s"
             "[listener.limits]\nidle_timeout = \"0s\"",
         ));
         assert!(e.contains("idle_timeout must be greater than zero"), "{e}");
+        let e = err(&BASE.replace(
+            "[listener.limits]",
+            "[listener.limits]\nmax_response_header_bytes = 512",
+        ));
+        assert!(
+            e.contains("max_response_header_bytes must be in 1024..=1048576"),
+            "{e}"
+        );
+        let c = parse_str(&BASE.replace(
+            "[listener.limits]",
+            "[listener.limits]\nmax_response_header_bytes = 2048",
+        ))
+        .expect("valid");
+        assert_eq!(c.listeners[0].limits.max_response_header_bytes, 2048);
     }
 
     #[test]

@@ -1,0 +1,666 @@
+//! HTTP/1.1 on the wire to servers: the request head Remora writes, the
+//! response head it parses (RFC 9112), and how the response body is
+//! delimited, including the chunked coding.
+//!
+//! Pure functions over byte buffers: the I/O is in [`super`] and
+//! [`super::body`].
+
+use std::mem::MaybeUninit;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode, Version};
+
+/// Most header fields in a response head (and in a chunked trailer section).
+pub const MAX_HEADERS: usize = 100;
+/// Longest chunk-size line, extensions included.
+const MAX_CHUNK_LINE: usize = 4096;
+
+/// What is wrong with what a server sent.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    /// The response head is larger than `max_response_header_bytes`.
+    #[error("response header section larger than {0} bytes")]
+    HeadTooLarge(usize),
+    /// The response head does not parse.
+    #[error("malformed response head")]
+    Head(#[source] httparse::Error),
+    /// A header field name or value that HTTP does not allow.
+    #[error("invalid header field in response")]
+    Field,
+    /// `Content-Length` is not one non-negative integer.
+    #[error("invalid Content-Length in response")]
+    Length,
+    /// `101 Switching Protocols` to a request that asked for no upgrade.
+    #[error("unexpected 101 Switching Protocols")]
+    UnexpectedSwitch,
+    /// A chunk-size line that does not parse or is too long.
+    #[error("malformed chunk size line")]
+    ChunkSize,
+    /// Something other than CRLF after a chunk's data.
+    #[error("missing CRLF after chunk data")]
+    ChunkEnd,
+    /// A trailer section that does not parse or is too large.
+    #[error("malformed trailer section")]
+    Trailers,
+}
+
+/// How a response body ends (RFC 9112 section 6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body (a `HEAD` request, `204`, `304`).
+    Empty,
+    /// Exactly this many bytes.
+    Length(u64),
+    /// The chunked transfer coding.
+    Chunked,
+    /// Until the server closes the connection.
+    Close,
+}
+
+/// A parsed response head.
+#[derive(Debug)]
+pub struct Head {
+    /// Status code.
+    pub status: StatusCode,
+    /// HTTP/1.0 or HTTP/1.1.
+    pub version: Version,
+    /// Header fields (values share the buffer the head was read into).
+    pub headers: HeaderMap,
+    /// How the body ends.
+    pub framing: Framing,
+    /// Whether the connection may carry another request after this response.
+    pub keep_alive: bool,
+}
+
+/// Writes the request head: `METHOD TARGET HTTP/1.1`, every header of
+/// `headers` but `Content-Length` and `Transfer-Encoding`, then the framing
+/// header for a body of `length` bytes (`None`: chunked; `Some(0)` writes
+/// `Content-Length: 0` only for methods that expect a body, or when the
+/// client sent one).
+pub fn encode_head(
+    out: &mut Vec<u8>,
+    method: &Method,
+    target: &str,
+    headers: &HeaderMap,
+    length: Option<u64>,
+) {
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut client_length = false;
+    for (name, value) in headers {
+        if name == header::CONTENT_LENGTH {
+            client_length = true;
+            continue;
+        }
+        if name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match length {
+        None => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Some(0)
+            if !client_length && !matches!(*method, Method::POST | Method::PUT | Method::PATCH) => {
+        }
+        Some(n) => {
+            out.extend_from_slice(b"content-length: ");
+            push_decimal(out, n);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+/// Writes the header of one chunk of `len` bytes (`len` in hex, CRLF).
+pub fn chunk_header(out: &mut Vec<u8>, len: usize) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut digits = [0u8; 16];
+    let mut i = digits.len();
+    let mut n = len;
+    loop {
+        i -= 1;
+        digits[i] = HEX[n & 0xf];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Parses the response head at the start of `buf` and removes it from
+/// `buf`. `Ok(None)`: not complete yet (read more, unless `buf` already
+/// holds `max` bytes: then it is [`WireError::HeadTooLarge`]). Interim
+/// (`1xx`) responses other than `101` are removed and skipped; `upgrade`:
+/// the request asked to switch protocols, so `101` is a final answer.
+pub fn parse_head(
+    buf: &mut BytesMut,
+    method: &Method,
+    upgrade: bool,
+    max: usize,
+) -> Result<Option<Head>, WireError> {
+    loop {
+        let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut []);
+        let parsed = httparse::ParserConfig::default()
+            .allow_obsolete_multiline_headers_in_responses(true)
+            .parse_response_with_uninit_headers(&mut resp, buf, &mut slots);
+        let len = match parsed {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => {
+                return if buf.len() >= max {
+                    Err(WireError::HeadTooLarge(max))
+                } else {
+                    Ok(None)
+                };
+            }
+            Err(e) => return Err(WireError::Head(e)),
+        };
+        if len > max {
+            return Err(WireError::HeadTooLarge(max));
+        }
+        let code = resp.code.unwrap_or(0);
+        let status =
+            StatusCode::from_u16(code).map_err(|_| WireError::Head(httparse::Error::Status))?;
+        if status.is_informational() && !(code == 101 && upgrade) {
+            if code == 101 {
+                return Err(WireError::UnexpectedSwitch);
+            }
+            buf.advance(len);
+            continue;
+        }
+        let version = if resp.version == Some(0) {
+            Version::HTTP_10
+        } else {
+            Version::HTTP_11
+        };
+        // Offsets into the head, then the head frozen: header values
+        // become slices of it, without a copy each.
+        let base = buf.as_ptr() as usize;
+        let mut spans: Vec<(HeaderName, usize, usize)> = Vec::with_capacity(resp.headers.len());
+        for h in resp.headers.iter() {
+            let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| WireError::Field)?;
+            let start = h.value.as_ptr() as usize - base;
+            spans.push((name, start, start + h.value.len()));
+        }
+        let head = buf.split_to(len).freeze();
+        let mut headers = HeaderMap::with_capacity(spans.len());
+        for (name, start, end) in spans {
+            let value = HeaderValue::from_maybe_shared(head.slice(start..end))
+                .map_err(|_| WireError::Field)?;
+            headers.append(name, value);
+        }
+        let (framing, mut keep_alive) = framing(method, status, &mut headers)?;
+        let connection_says = |token: &str| {
+            headers.get_all(header::CONNECTION).iter().any(|v| {
+                v.to_str()
+                    .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+            })
+        };
+        keep_alive &= match version {
+            Version::HTTP_10 => connection_says("keep-alive"),
+            _ => !connection_says("close"),
+        };
+        return Ok(Some(Head {
+            status,
+            version,
+            headers,
+            framing,
+            keep_alive,
+        }));
+    }
+}
+
+/// The body framing of a final response, and whether it allows keep-alive.
+/// With both `Transfer-Encoding` and `Content-Length`, the coding wins, the
+/// length is removed and the connection is not reused (RFC 9112 6.3).
+fn framing(
+    method: &Method,
+    status: StatusCode,
+    headers: &mut HeaderMap,
+) -> Result<(Framing, bool), WireError> {
+    if *method == Method::HEAD
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+        || status == StatusCode::SWITCHING_PROTOCOLS
+    {
+        return Ok((Framing::Empty, true));
+    }
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        let chunked_last = headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .rfind(|t| !t.is_empty())
+            .is_some_and(|t| t.eq_ignore_ascii_case("chunked"));
+        let had_length = headers.remove(header::CONTENT_LENGTH).is_some();
+        return Ok(if chunked_last {
+            (Framing::Chunked, !had_length)
+        } else {
+            (Framing::Close, false)
+        });
+    }
+    let mut length: Option<u64> = None;
+    for v in headers.get_all(header::CONTENT_LENGTH) {
+        for part in v.as_bytes().split(|b| *b == b',') {
+            let n = parse_length(trim(part)).ok_or(WireError::Length)?;
+            if length.is_some_and(|l| l != n) {
+                return Err(WireError::Length);
+            }
+            length = Some(n);
+        }
+    }
+    Ok(match length {
+        Some(n) => (Framing::Length(n), true),
+        None => (Framing::Close, false),
+    })
+}
+
+fn trim(b: &[u8]) -> &[u8] {
+    let start = b
+        .iter()
+        .position(|c| !c.is_ascii_whitespace())
+        .unwrap_or(b.len());
+    let end = b
+        .iter()
+        .rposition(|c| !c.is_ascii_whitespace())
+        .map_or(start, |i| i + 1);
+    b.get(start..end).unwrap_or_default()
+}
+
+fn parse_length(b: &[u8]) -> Option<u64> {
+    if b.is_empty() || b.len() > 19 {
+        return None;
+    }
+    let mut n: u64 = 0;
+    for c in b {
+        if !c.is_ascii_digit() {
+            return None;
+        }
+        n = n * 10 + u64::from(c - b'0');
+    }
+    Some(n)
+}
+
+/// Decodes the chunked transfer coding incrementally.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chunked {
+    /// Expecting a chunk-size line.
+    Size,
+    /// Inside a chunk: this many data bytes to go.
+    Data(u64),
+    /// After a chunk's data: expecting CRLF.
+    DataEnd,
+    /// After the last chunk: the trailer section.
+    Trailers,
+    /// Complete.
+    Done,
+}
+
+/// One step of chunked decoding.
+#[derive(Debug)]
+pub enum Decoded {
+    /// Body data.
+    Data(Bytes),
+    /// The trailer section (the body is complete after it).
+    Trailers(HeaderMap),
+    /// The body is complete (no trailers).
+    End,
+    /// More bytes are needed.
+    NeedMore,
+}
+
+impl Chunked {
+    /// Decodes what `buf` holds, removing what it consumed; `max_trailers`
+    /// bounds the trailer section.
+    pub fn decode(
+        &mut self,
+        buf: &mut BytesMut,
+        max_trailers: usize,
+    ) -> Result<Decoded, WireError> {
+        loop {
+            match *self {
+                Chunked::Size => match httparse::parse_chunk_size(buf) {
+                    Ok(httparse::Status::Complete((used, size))) => {
+                        buf.advance(used);
+                        *self = if size == 0 {
+                            Chunked::Trailers
+                        } else {
+                            Chunked::Data(size)
+                        };
+                    }
+                    Ok(httparse::Status::Partial) if buf.len() < MAX_CHUNK_LINE => {
+                        return Ok(Decoded::NeedMore);
+                    }
+                    _ => return Err(WireError::ChunkSize),
+                },
+                Chunked::Data(left) => {
+                    if buf.is_empty() {
+                        return Ok(Decoded::NeedMore);
+                    }
+                    let n = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+                    let data = buf.split_to(n).freeze();
+                    let left = left - n as u64;
+                    *self = if left == 0 {
+                        Chunked::DataEnd
+                    } else {
+                        Chunked::Data(left)
+                    };
+                    return Ok(Decoded::Data(data));
+                }
+                Chunked::DataEnd => {
+                    if buf.len() < 2 {
+                        return Ok(Decoded::NeedMore);
+                    }
+                    if &buf[..2] != b"\r\n" {
+                        return Err(WireError::ChunkEnd);
+                    }
+                    buf.advance(2);
+                    *self = Chunked::Size;
+                }
+                Chunked::Trailers => {
+                    if buf.starts_with(b"\r\n") {
+                        buf.advance(2);
+                        *self = Chunked::Done;
+                        return Ok(Decoded::End);
+                    }
+                    let mut slots = [httparse::EMPTY_HEADER; 32];
+                    match httparse::parse_headers(buf, &mut slots) {
+                        Ok(httparse::Status::Complete((used, fields))) => {
+                            let mut trailers = HeaderMap::with_capacity(fields.len());
+                            for f in fields {
+                                let name = HeaderName::from_bytes(f.name.as_bytes())
+                                    .map_err(|_| WireError::Trailers)?;
+                                let value = HeaderValue::from_bytes(f.value)
+                                    .map_err(|_| WireError::Trailers)?;
+                                trailers.append(name, value);
+                            }
+                            buf.advance(used);
+                            *self = Chunked::Done;
+                            return Ok(Decoded::Trailers(trailers));
+                        }
+                        Ok(httparse::Status::Partial) if buf.len() < max_trailers => {
+                            return Ok(Decoded::NeedMore);
+                        }
+                        _ => return Err(WireError::Trailers),
+                    }
+                }
+                Chunked::Done => return Ok(Decoded::End),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(text: &str, method: &Method) -> Result<Option<Head>, WireError> {
+        let mut buf = BytesMut::from(text.as_bytes());
+        parse_head(&mut buf, method, false, 1024)
+    }
+
+    #[test]
+    fn request_head_has_framing_and_no_client_framing_headers() {
+        let mut h = HeaderMap::new();
+        h.insert("host", HeaderValue::from_static("example.test"));
+        h.insert("content-length", HeaderValue::from_static("999"));
+        h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        h.append("x-a", HeaderValue::from_static("1"));
+        h.append("x-a", HeaderValue::from_static("2"));
+        let mut out = Vec::new();
+        encode_head(&mut out, &Method::POST, "/p?q=1", &h, Some(12));
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "POST /p?q=1 HTTP/1.1\r\nhost: example.test\r\nx-a: 1\r\nx-a: 2\r\ncontent-length: 12\r\n\r\n"
+        );
+        let mut out = Vec::new();
+        encode_head(&mut out, &Method::PUT, "/", &HeaderMap::new(), None);
+        assert!(
+            String::from_utf8(out)
+                .unwrap()
+                .ends_with("transfer-encoding: chunked\r\n\r\n")
+        );
+        // A GET without a body says nothing about one; a POST says 0.
+        let mut out = Vec::new();
+        encode_head(&mut out, &Method::GET, "/", &HeaderMap::new(), Some(0));
+        assert_eq!(out, b"GET / HTTP/1.1\r\n\r\n");
+        let mut out = Vec::new();
+        encode_head(&mut out, &Method::POST, "/", &HeaderMap::new(), Some(0));
+        assert_eq!(out, b"POST / HTTP/1.1\r\ncontent-length: 0\r\n\r\n");
+    }
+
+    #[test]
+    fn chunk_headers_are_hex() {
+        for (n, s) in [
+            (0, "0\r\n"),
+            (10, "a\r\n"),
+            (4096, "1000\r\n"),
+            (255, "ff\r\n"),
+        ] {
+            let mut out = Vec::new();
+            chunk_header(&mut out, n);
+            assert_eq!(out, s.as_bytes());
+        }
+        let mut out = Vec::new();
+        push_decimal(&mut out, u64::MAX);
+        assert_eq!(out, u64::MAX.to_string().as_bytes());
+    }
+
+    #[test]
+    fn a_response_head_parses_and_leaves_the_body() {
+        let mut buf = BytesMut::from(
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n\r\nhello"[..],
+        );
+        let h = parse_head(&mut buf, &Method::GET, false, 1024)
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.status, StatusCode::OK);
+        assert_eq!(h.framing, Framing::Length(5));
+        assert!(h.keep_alive);
+        assert_eq!(h.headers.get_all("set-cookie").iter().count(), 2);
+        assert_eq!(&buf[..], b"hello");
+    }
+
+    #[test]
+    fn partial_heads_wait_and_big_ones_fail() {
+        assert!(
+            head("HTTP/1.1 200 OK\r\nContent-Le", &Method::GET)
+                .unwrap()
+                .is_none()
+        );
+        let big = format!("HTTP/1.1 200 OK\r\nx: {}\r\n", "a".repeat(2000));
+        assert!(matches!(
+            head(&big, &Method::GET),
+            Err(WireError::HeadTooLarge(1024))
+        ));
+        assert!(matches!(
+            head("HTTP/1.1 abc\r\n\r\n", &Method::GET),
+            Err(WireError::Head(_))
+        ));
+        assert!(matches!(
+            head("garbage\r\n\r\n", &Method::GET),
+            Err(WireError::Head(_))
+        ));
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        let f = |t: &str, m: &Method| head(t, m).unwrap().map(|h| (h.framing, h.keep_alive));
+        assert_eq!(
+            f(
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+                &Method::GET
+            ),
+            Some((Framing::Chunked, true))
+        );
+        assert_eq!(
+            f(
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+                &Method::GET
+            ),
+            Some((Framing::Chunked, false))
+        );
+        assert_eq!(
+            f(
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+                &Method::GET
+            ),
+            Some((Framing::Close, false))
+        );
+        assert_eq!(
+            f("HTTP/1.1 200 OK\r\n\r\n", &Method::GET),
+            Some((Framing::Close, false))
+        );
+        assert_eq!(
+            f(
+                "HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n",
+                &Method::HEAD
+            ),
+            Some((Framing::Empty, true))
+        );
+        assert_eq!(
+            f("HTTP/1.1 304 Not Modified\r\n\r\n", &Method::GET),
+            Some((Framing::Empty, true))
+        );
+        assert_eq!(
+            f("HTTP/1.1 204 No Content\r\n\r\n", &Method::GET),
+            Some((Framing::Empty, true))
+        );
+        assert_eq!(
+            f(
+                "HTTP/1.1 200 OK\r\nContent-Length: 3, 3\r\n\r\n",
+                &Method::GET
+            ),
+            Some((Framing::Length(3), true))
+        );
+        assert_eq!(
+            f(
+                "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\n",
+                &Method::GET
+            ),
+            Some((Framing::Length(3), false))
+        );
+        assert_eq!(
+            f("HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\n", &Method::GET),
+            Some((Framing::Length(3), false))
+        );
+        assert_eq!(
+            f(
+                "HTTP/1.0 200 OK\r\nContent-Length: 3\r\nConnection: Keep-Alive\r\n\r\n",
+                &Method::GET
+            ),
+            Some((Framing::Length(3), true))
+        );
+        for bad in ["3, 4", "-1", "", "1x", "99999999999999999999"] {
+            let t = format!("HTTP/1.1 200 OK\r\nContent-Length: {bad}\r\n\r\n");
+            assert!(
+                matches!(head(&t, &Method::GET), Err(WireError::Length)),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn interim_responses_are_skipped_and_101_is_refused() {
+        let h = head("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n", &Method::POST)
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.status, StatusCode::CREATED);
+        assert!(h.headers.get("link").is_none());
+        assert!(matches!(
+            head("HTTP/1.1 101 Switching Protocols\r\n\r\n", &Method::GET),
+            Err(WireError::UnexpectedSwitch)
+        ));
+        // Only the interim response so far: wait for the final one.
+        assert!(
+            head("HTTP/1.1 100 Continue\r\n\r\n", &Method::POST)
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    fn decode_all(input: &[u8], step: usize) -> Result<(Vec<u8>, Option<HeaderMap>), WireError> {
+        let mut state = Chunked::Size;
+        let mut buf = BytesMut::new();
+        let mut body = Vec::new();
+        let mut fed = 0;
+        loop {
+            match state.decode(&mut buf, 1024)? {
+                Decoded::Data(d) => body.extend_from_slice(&d),
+                Decoded::Trailers(t) => return Ok((body, Some(t))),
+                Decoded::End => return Ok((body, None)),
+                Decoded::NeedMore => {
+                    if fed >= input.len() {
+                        return Err(WireError::ChunkEnd);
+                    }
+                    let end = (fed + step).min(input.len());
+                    buf.extend_from_slice(&input[fed..end]);
+                    fed = end;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn chunked_bodies_decode_at_any_split() {
+        let input = b"5\r\nhello\r\n1;ext=1\r\n \r\nA\r\n0123456789\r\n0\r\nx-sum: 9\r\n\r\n";
+        for step in 1..input.len() {
+            let (body, trailers) = decode_all(input, step).unwrap();
+            assert_eq!(body, b"hello 0123456789", "step {step}");
+            assert_eq!(trailers.unwrap().get("x-sum").unwrap(), "9");
+        }
+        let (body, trailers) = decode_all(b"3\r\nabc\r\n0\r\n\r\n", 2).unwrap();
+        assert_eq!(body, b"abc");
+        assert!(trailers.is_none());
+    }
+
+    #[test]
+    fn bad_chunked_bodies_fail() {
+        assert!(matches!(
+            decode_all(b"zz\r\n", 64),
+            Err(WireError::ChunkSize)
+        ));
+        assert!(matches!(
+            decode_all(b"3\r\nabcX\r\n", 64),
+            Err(WireError::ChunkEnd)
+        ));
+        assert!(matches!(
+            decode_all(b"ffffffffffffffffff\r\n", 64),
+            Err(WireError::ChunkSize)
+        ));
+        let long = format!("1;{}\r\n", "e".repeat(5000));
+        assert!(matches!(
+            decode_all(long.as_bytes(), 64),
+            Err(WireError::ChunkSize)
+        ));
+        let trailers = format!("0\r\nx: {}\r\n", "t".repeat(2000));
+        assert!(matches!(
+            decode_all(trailers.as_bytes(), 64),
+            Err(WireError::Trailers)
+        ));
+    }
+}
