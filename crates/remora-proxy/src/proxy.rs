@@ -21,7 +21,7 @@ use crate::forward::{
     header_bytes, idempotent, local, request_host, strip_hop_by_hop, upstream_uri,
 };
 use crate::metrics::{AffinityLabels, RequestLabels};
-use crate::pool::Pool;
+use crate::pool::{Pool, Server};
 use crate::select::RequestKey;
 use crate::serve::Shared;
 use crate::upstream::{self, ForwardError};
@@ -136,14 +136,26 @@ impl Drop for InflightGuard {
 /// What the access log and metrics need to know about a request.
 #[derive(Debug, Default)]
 pub struct RequestInfo {
-    /// Pool name (`-` before routing).
-    pub pool: String,
+    /// The pool it was routed to (`None` before routing).
+    pub pool: Option<Arc<Pool>>,
     /// Server that answered (or was last tried).
-    pub server: Option<String>,
+    pub server: Option<Arc<Server>>,
     /// Affinity outcome.
     pub outcome: Option<Outcome>,
     /// Retries performed.
     pub retries: u32,
+}
+
+impl RequestInfo {
+    /// The pool's name, `-` before routing.
+    pub fn pool_name(&self) -> &str {
+        self.pool.as_deref().map_or("-", Pool::name)
+    }
+
+    /// The server's name, `-` before one was chosen.
+    pub fn server_name(&self) -> &str {
+        self.server.as_deref().map_or("-", Server::name)
+    }
 }
 
 /// Handles one request (the hyper service function).
@@ -159,24 +171,21 @@ pub async fn handle(
     let method = req.method().clone();
     let path: Option<String> = tracing::enabled!(target: "remora::access", tracing::Level::INFO)
         .then(|| req.uri().path().chars().take(256).collect());
-    let mut info = RequestInfo {
-        pool: "-".into(),
-        ..RequestInfo::default()
-    };
+    let mut info = RequestInfo::default();
     let resp = proxy(&shared, &ctx, req, &mut info).await;
     let status = resp.status();
     let elapsed = start.elapsed();
-    let server = info.server.as_deref().unwrap_or("-");
+    let server = info.server_name();
     let m = &shared.metrics;
     let mut counters = ctx.counters.lock();
-    counters.count_request(m, &info.pool, server, status.as_u16());
+    counters.count_request(m, info.pool_name(), server, status.as_u16());
     m.duration.observe(elapsed.as_secs_f64());
     let (outcome, reason) = match info.outcome {
         Some(o) => (o.as_str(), o.reason().map(|r| r.as_str()).unwrap_or("")),
         None => ("none", ""),
     };
     if info.outcome.is_some() {
-        counters.count_affinity(m, &info.pool, outcome, reason);
+        counters.count_affinity(m, info.pool_name(), outcome, reason);
     }
     drop(counters);
     tracing::info!(
@@ -184,7 +193,7 @@ pub async fn handle(
         client = %ctx.client.addr,
         %method,
         path = path.as_deref().unwrap_or(""),
-        pool = %info.pool,
+        pool = %info.pool_name(),
         server,
         affinity = outcome,
         reason,
@@ -272,10 +281,10 @@ async fn proxy(
     }
     let host = request_host(&req);
     let pool_name = route::pool_for(&lst.config, host.as_deref(), req.uri().path());
-    info.pool = pool_name.to_string();
     let Some(pool) = rt.pools.get(pool_name).cloned() else {
         return no_server("no such pool\n");
     };
+    info.pool = Some(pool.clone());
     let key =
         RequestKey::new(ctx.client.addr.ip(), req.headers(), req.uri()).with_tls(ctx.client.tls);
     let decision = {
@@ -334,9 +343,12 @@ async fn forward_with_retries(
             parts.headers.insert(header::HOST, v);
         }
     }
-    let exceeded = Arc::new(AtomicBool::new(false));
-    let mut body: Option<ProxyBody> = (!body_empty)
-        .then(|| LimitedBody::new(body, limits.max_body_bytes, exceeded.clone()).boxed());
+    // Raised by the body when it grows past `max_body_bytes` (no body, no flag).
+    let exceeded: Option<Arc<AtomicBool>> = (!body_empty).then(Arc::default);
+    let too_large = || exceeded.as_ref().is_some_and(|e| e.load(Ordering::Relaxed));
+    let mut body: Option<ProxyBody> = exceeded
+        .as_ref()
+        .map(|flag| LimitedBody::new(body, limits.max_body_bytes, flag.clone()).boxed());
     // A small body of known length is kept in memory, so that a server that
     // refuses the connection (nothing was sent) does not fail the request:
     // it goes to the repin target like a request without a body.
@@ -347,7 +359,7 @@ async fn forward_with_retries(
     {
         match tokio::time::timeout(limits.header_read_timeout, b.collect()).await {
             Ok(Ok(collected)) => replay = Some(collected.to_bytes()),
-            Ok(Err(_)) if exceeded.load(Ordering::Relaxed) => {
+            Ok(Err(_)) if too_large() => {
                 return local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
             }
             Ok(Err(_)) => return local(StatusCode::BAD_REQUEST, "request body ended early\n"),
@@ -361,7 +373,7 @@ async fn forward_with_retries(
         let Some(server) = decision.server().and_then(|i| pool.servers.get(i)).cloned() else {
             return no_server("no server available\n");
         };
-        info.server = Some(server.name().to_string());
+        info.server = Some(server.clone());
         let Some(uri) = upstream_uri(&parts.uri) else {
             return local(StatusCode::BAD_REQUEST, "bad request target\n");
         };
@@ -430,7 +442,7 @@ async fn forward_with_retries(
             }
             Err(e) => {
                 drop(guard);
-                if exceeded.load(Ordering::Relaxed) {
+                if too_large() {
                     return local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
                 }
                 if let ForwardError::Body(e) = &e {

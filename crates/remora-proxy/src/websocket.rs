@@ -61,7 +61,7 @@ pub async fn proxy(
         let Some(server) = decision.server().and_then(|i| pool.servers.get(i)).cloned() else {
             return no_server("no server available\n");
         };
-        info.server = Some(server.name().to_string());
+        info.server = Some(server.clone());
         match tokio::time::timeout(
             limits.connect_timeout,
             TcpStream::connect(&server.config.address),

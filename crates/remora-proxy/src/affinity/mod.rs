@@ -620,15 +620,11 @@ impl Affinity {
         };
         match elig.availability(i) {
             a if a.takes_pinned() => {
+                // The pinned server only: if it refuses the connection,
+                // `repin_after_failure` computes the repin target then,
+                // so a hit does not pay for fallbacks it almost never uses.
                 let mut candidates = Fallbacks::new();
                 candidates.push(i);
-                let excl = Excluding {
-                    inner: elig,
-                    index: i,
-                };
-                for j in rendezvous(key, servers, &excl, self.cfg.repin_balance_factor) {
-                    candidates.push(j);
-                }
                 let mut d = Decision::new(candidates, Some(Outcome::Hit), pin, secure);
                 d.pinned = Some(i);
                 d

@@ -97,6 +97,9 @@ struct Conn {
     /// Bytes read from the server and not consumed yet. Empty between
     /// requests; its capacity is released when the connection goes idle.
     read_buf: BytesMut,
+    /// Where the request head is written, reused by the next request;
+    /// released when the connection goes idle.
+    write_buf: Vec<u8>,
     since: Instant,
 }
 
@@ -122,6 +125,7 @@ fn park(mut conn: Conn) {
         return;
     }
     conn.read_buf = BytesMut::new();
+    conn.write_buf = Vec::new();
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
         let list = idle.entry(conn.address.clone()).or_default();
@@ -224,6 +228,7 @@ async fn connect(address: &Arc<str>, timeout: Duration) -> Result<Conn, ForwardE
         address: address.clone(),
         stream,
         read_buf: BytesMut::new(),
+        write_buf: Vec::new(),
         since: Instant::now(),
     })
 }
@@ -318,14 +323,15 @@ async fn send_inner(
         Some(d) => Some(d.len() as u64),
         None => length,
     };
-    let mut head = Vec::with_capacity(512);
+    let mut body = if whole.is_some() { None } else { Some(body) };
+
+    let (mut conn, mut fresh) = checkout(slot, address, opts.connect_timeout).await?;
+    let mut head = std::mem::take(&mut conn.write_buf);
+    head.clear();
     wire::encode_head(&mut head, &parts.method, target, &parts.headers, length);
     if let Some(d) = &whole {
         head.extend_from_slice(d);
     }
-    let mut body = if whole.is_some() { None } else { Some(body) };
-
-    let (mut conn, mut fresh) = checkout(slot, address, opts.connect_timeout).await?;
     loop {
         match exchange(
             &mut conn,
@@ -339,6 +345,7 @@ async fn send_inner(
         .await
         {
             Ok((h, complete)) => {
+                conn.write_buf = head;
                 let mut resp = Response::new(UpstreamBody::new(
                     conn,
                     slot.clone(),

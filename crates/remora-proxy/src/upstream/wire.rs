@@ -195,20 +195,31 @@ pub fn parse_head(
         } else {
             Version::HTTP_11
         };
-        // Offsets into the head, then the head frozen: header values
-        // become slices of it, without a copy each.
+        // Offsets into the head (on the stack), then the head frozen: names
+        // are read from it and values become slices of it, without a copy.
         let base = buf.as_ptr() as usize;
-        let mut spans: Vec<(HeaderName, usize, usize)> = Vec::with_capacity(resp.headers.len());
-        for h in resp.headers.iter() {
-            let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| WireError::Field)?;
-            let start = h.value.as_ptr() as usize - base;
-            spans.push((name, start, start + h.value.len()));
+        let mut spans = [[0u32; 4]; MAX_HEADERS];
+        let count = resp.headers.len();
+        for (span, h) in spans.iter_mut().zip(resp.headers.iter()) {
+            let name = h.name.as_ptr() as usize - base;
+            let value = h.value.as_ptr() as usize - base;
+            // The head is at most `max` (<= 1 MiB) bytes: offsets fit.
+            *span = [name, name + h.name.len(), value, value + h.value.len()]
+                .map(|o| u32::try_from(o).unwrap_or(u32::MAX));
         }
         let head = buf.split_to(len).freeze();
-        let mut headers = HeaderMap::with_capacity(spans.len());
-        for (name, start, end) in spans {
-            let value = HeaderValue::from_maybe_shared(head.slice(start..end))
-                .map_err(|_| WireError::Field)?;
+        let mut headers = HeaderMap::with_capacity(count);
+        for &[ns, ne, vs, ve] in spans.iter().take(count) {
+            let [ns, ne, vs, ve] = [ns, ne, vs, ve].map(|o| o as usize);
+            let name = head
+                .get(ns..ne)
+                .and_then(|n| HeaderName::from_bytes(n).ok())
+                .ok_or(WireError::Field)?;
+            if ve > head.len() || vs > ve {
+                return Err(WireError::Field);
+            }
+            let value =
+                HeaderValue::from_maybe_shared(head.slice(vs..ve)).map_err(|_| WireError::Field)?;
             headers.append(name, value);
         }
         let (framing, mut keep_alive) = framing(method, status, &mut headers)?;
