@@ -83,7 +83,7 @@ pub(crate) async fn start(
         },
     };
     if h2 {
-        let ctx = Arc::new(ConnCtx::new(listen, client));
+        let ctx = Arc::new(ConnCtx::new(listen, client, io.activity.clone()));
         serve_h2(shared, ctx, io, limits).await;
         return None;
     }
@@ -136,7 +136,7 @@ where
                 addr: client_addr,
                 tls: lst.tls.is_some(),
             };
-            let ctx = Arc::new(ConnCtx::new(lst.config.listen, client));
+            let ctx = Arc::new(ConnCtx::new(lst.config.listen, client, io.activity.clone()));
             let limits = &lst.config.limits;
             let phase = run_h1(accepted.shared(), ctx, io, limits, &mut shutdown, eager);
             let Some(back) = Box::pin(phase).await else {
@@ -279,6 +279,7 @@ impl<D: Future> Future for Park<'_, D> {
         match Pin::new(&mut this.io.inner).poll_read(cx, &mut buf) {
             Poll::Ready(Ok(())) if !buf.filled().is_empty() => {
                 this.io.activity.touch();
+                this.io.activity.begin_head_wait();
                 this.io.prefix = Bytes::copy_from_slice(buf.filled());
                 return Poll::Ready(Wake::Request);
             }
@@ -328,11 +329,13 @@ async fn run_h1(
 ) -> Option<ClientIo> {
     let activity = io.activity.clone();
     let mut builder = hyper::server::conn::http1::Builder::new();
+    // No hyper header-read timer (one boxed timer armed per request): the
+    // quiet timer below enforces `header_read_timeout` from the activity
+    // stamp instead, across parked and active phases alike.
     builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_header_bytes.max(8192))
         .keep_alive(true);
+    let head_limit = limits.header_read_timeout;
     let idle = limits.idle_timeout;
     let svc_shared = shared.clone();
     let svc_ctx = ctx.clone();
@@ -384,17 +387,29 @@ async fn run_h1(
                 Pin::new(&mut conn).graceful_shutdown();
                 closing = true;
             }
-            () = &mut quiet_timer, if !closing && !parking => {
+            () = &mut quiet_timer, if !closing => {
                 let busy = ctx.inflight.load(Ordering::Relaxed) > 0;
                 let quiet = activity.idle_for();
-                if !busy && quiet >= idle {
+                let head_wait = activity.head_wait();
+                if head_wait.is_some_and(|w| w >= head_limit) && (quiet < park_after || parking) {
+                    // Bytes keep trickling and no complete head: slowloris.
+                    tracing::debug!(client = %ctx.client.addr, "request head not complete within header_read_timeout");
+                    break H1End::Closed;
+                }
+                if parking {
+                    // Waiting for hyper to let go of a quiet connection.
+                    quiet_timer.as_mut().reset(tokio::time::Instant::now() + first);
+                } else if !busy && quiet >= idle {
                     Pin::new(&mut conn).graceful_shutdown();
                     closing = true;
                 } else if !busy && quiet >= park_after {
                     Pin::new(&mut conn).graceful_shutdown();
                     parking = true;
                 } else {
-                    let wait = if busy { first } else { first.saturating_sub(quiet) };
+                    let mut wait = if busy { first } else { first.saturating_sub(quiet) };
+                    if let Some(w) = head_wait {
+                        wait = wait.min(head_limit.saturating_sub(w));
+                    }
                     quiet_timer
                         .as_mut()
                         .reset(tokio::time::Instant::now() + wait.max(Duration::from_millis(1)));
@@ -424,12 +439,19 @@ async fn run_h1(
 }
 
 /// Last time bytes moved on a connection.
+#[derive(Debug)]
 pub struct Activity {
     epoch: Instant,
     last_ms: AtomicU64,
+    /// Since when (ms after `epoch`) the connection has been waiting for a
+    /// complete request head; [`NOT_WAITING`] while a request is in flight.
+    head_wait_ms: AtomicU64,
     /// The last read of the client stream found nothing to read.
     read_blocked: AtomicBool,
 }
+
+/// [`Activity::head_wait_ms`] while a request is in flight.
+const NOT_WAITING: u64 = u64::MAX;
 
 impl Default for Activity {
     fn default() -> Self {
@@ -443,13 +465,36 @@ impl Activity {
         Activity {
             epoch: Instant::now(),
             last_ms: AtomicU64::new(0),
+            head_wait_ms: AtomicU64::new(0),
             read_blocked: AtomicBool::new(false),
         }
     }
 
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(NOT_WAITING - 1)
+    }
+
     fn touch(&self) {
-        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_ms.store(ms, Ordering::Relaxed);
+        self.last_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// The connection starts waiting for a request head (it opened, its
+    /// last request ended, or it woke from parking).
+    pub fn begin_head_wait(&self) {
+        self.head_wait_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    /// A complete request head arrived.
+    pub fn head_arrived(&self) {
+        self.head_wait_ms.store(NOT_WAITING, Ordering::Relaxed);
+    }
+
+    /// How long the connection has been waiting for a complete request
+    /// head (`None`: a request is in flight). Counted across active
+    /// phases, so a client cannot reset it by pausing.
+    fn head_wait(&self) -> Option<Duration> {
+        let since = self.head_wait_ms.load(Ordering::Relaxed);
+        (since != NOT_WAITING).then(|| Duration::from_millis(self.now_ms().saturating_sub(since)))
     }
 
     /// Whether the last read of the client stream found nothing to read
@@ -460,8 +505,10 @@ impl Activity {
 
     /// Time since bytes last moved.
     pub fn idle_for(&self) -> Duration {
-        let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
-        Duration::from_millis(now.saturating_sub(self.last_ms.load(Ordering::Relaxed)))
+        Duration::from_millis(
+            self.now_ms()
+                .saturating_sub(self.last_ms.load(Ordering::Relaxed)),
+        )
     }
 }
 

@@ -64,6 +64,22 @@ fn hop_by_hop(name: &HeaderName) -> bool {
     ) || s.starts_with("proxy-")
 }
 
+/// [`hop_by_hop`] for a field name as it came off the wire (any case).
+pub fn hop_by_hop_name(name: &[u8]) -> bool {
+    const FIXED: [&[u8]; 6] = [
+        b"connection",
+        b"keep-alive",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    ];
+    FIXED.iter().any(|f| name.eq_ignore_ascii_case(f))
+        || name
+            .get(..6)
+            .is_some_and(|p| p.eq_ignore_ascii_case(b"proxy-"))
+}
+
 /// Removes hop-by-hop headers: those named in `Connection`, the fixed list,
 /// and every `Proxy-*` header. One pass over the names finds them; a
 /// header section without any (most requests) is left untouched.

@@ -15,7 +15,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use crate::affinity::{Decision, OpenedCookie, Outcome};
-use crate::conn::ClientIo;
+use crate::conn::{Activity, ClientIo};
 use crate::forward::{
     self, ClientInfo, Forwarding, LimitedBody, ProxyBody, add_forwarding, append_list,
     header_bytes, idempotent, local, request_host, strip_hop_by_hop, upstream_uri,
@@ -39,6 +39,8 @@ pub struct ConnCtx {
     pub forwarding: Forwarding,
     /// Requests in flight on this connection (idle timeout waits for 0).
     pub inflight: Arc<AtomicUsize>,
+    /// The client stream's activity stamps (the request-head wait).
+    pub activity: Arc<Activity>,
     /// Requests received on this context (its active phase) so far.
     pub answered: AtomicUsize,
     /// Set by the WebSocket handler with its `101`: receives the client
@@ -56,8 +58,9 @@ pub struct ConnCtx {
 impl ConnCtx {
     /// A context for a connection accepted on `listen` from `client`, with
     /// nothing in flight, no kept server connection and no cached counters.
-    pub fn new(listen: SocketAddr, client: ClientInfo) -> ConnCtx {
+    pub fn new(listen: SocketAddr, client: ClientInfo, activity: Arc<Activity>) -> ConnCtx {
         ConnCtx {
+            activity,
             listen,
             forwarding: Forwarding::new(&client),
             client,
@@ -125,11 +128,15 @@ impl CounterCache {
     }
 }
 
-struct InflightGuard(Arc<AtomicUsize>);
+/// A request in flight on its connection; the last one to end starts the
+/// wait for the next request head.
+struct InflightGuard(Arc<ConnCtx>);
 
 impl Drop for InflightGuard {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        if self.0.inflight.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.0.activity.begin_head_wait();
+        }
     }
 }
 
@@ -166,7 +173,8 @@ pub async fn handle(
 ) -> Result<Response<ResponseBody>, Infallible> {
     ctx.inflight.fetch_add(1, Ordering::Relaxed);
     ctx.answered.fetch_add(1, Ordering::Relaxed);
-    let guard = InflightGuard(ctx.inflight.clone());
+    ctx.activity.head_arrived();
+    let guard = InflightGuard(ctx.clone());
     let start = Instant::now();
     let method = req.method().clone();
     let path: Option<String> = tracing::enabled!(target: "remora::access", tracing::Level::INFO)
@@ -428,7 +436,7 @@ async fn forward_with_retries(
                     &rp.headers,
                     SystemTime::now(),
                 );
-                strip_hop_by_hop(&mut rp.headers);
+                // Hop-by-hop fields were left out when the head was read.
                 append_list(
                     &mut rp.headers,
                     header::VIA,

@@ -202,7 +202,11 @@ fn statuses(bytes: &[u8]) -> Vec<u16> {
         .collect()
 }
 
-async fn slowloris(addr: SocketAddr) {
+/// A client that trickles a request head one byte per `step`: closed by
+/// the header read timeout, whether `step` is shorter than `park_after`
+/// (250 ms: the connection never goes quiet) or longer (it goes quiet
+/// between bytes, so it parks and wakes each time).
+async fn slowloris(addr: SocketAddr, step: Duration) {
     let started = Instant::now();
     let mut s = TcpStream::connect(addr).await.expect("connect");
     let head = b"GET /api/cart HTTP/1.1\r\nHost: shop\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
@@ -218,7 +222,7 @@ async fn slowloris(addr: SocketAddr) {
                 // A 408 before the close is fine; keep reading for the close.
                 Ok(_) => {}
             },
-            _ = tokio::time::sleep(Duration::from_millis(100)) => {
+            _ = tokio::time::sleep(step) => {
                 if sent < head.len() - 4 {
                     if s.write_all(&head[sent..sent + 1]).await.is_err() {
                         break true;
@@ -574,7 +578,10 @@ async fn hostile_input_leaves_honest_shoppers_served() {
 
     // Slow ones run beside the others.
     let slow = tokio::spawn(async move {
-        tokio::join!(slowloris(addr), slowloris(addr));
+        tokio::join!(
+            slowloris(addr, Duration::from_millis(100)),
+            slowloris(addr, Duration::from_millis(400))
+        );
     });
     let expired = {
         let (a, b) = (s.shops[0].addr, s.shops[1].addr);

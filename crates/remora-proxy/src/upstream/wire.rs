@@ -65,7 +65,10 @@ pub struct Head {
     pub status: StatusCode,
     /// HTTP/1.0 or HTTP/1.1.
     pub version: Version,
-    /// Header fields (values share the buffer the head was read into).
+    /// End-to-end header fields: the hop-by-hop ones (the fixed list, every
+    /// `Proxy-*` field and those `Connection` names) are left out, and so is
+    /// `Content-Length` when `Transfer-Encoding` overrides it. Values share
+    /// the buffer the head was read into.
     pub headers: HeaderMap,
     /// How the body ends.
     pub framing: Framing,
@@ -195,17 +198,33 @@ pub fn parse_head(
         } else {
             Version::HTTP_11
         };
+        // What the framing and connection fields say, from the raw fields.
+        let mut fields = Fields::default();
+        for h in resp.headers.iter() {
+            fields.note(h.name.as_bytes(), h.value)?;
+        }
+        let (framing, keep_alive) = fields.framing(method, status, version);
         // Offsets into the head (on the stack), then the head frozen: names
         // are read from it and values become slices of it, without a copy.
+        // Hop-by-hop fields stay behind (RFC 9110 section 7.6.1), and so
+        // does `Content-Length` when `Transfer-Encoding` overrides it.
         let base = buf.as_ptr() as usize;
         let mut spans = [[0u32; 4]; MAX_HEADERS];
-        let count = resp.headers.len();
-        for (span, h) in spans.iter_mut().zip(resp.headers.iter()) {
-            let name = h.name.as_ptr() as usize - base;
-            let value = h.value.as_ptr() as usize - base;
+        let mut count = 0;
+        for h in resp.headers.iter() {
+            let name = h.name.as_bytes();
+            if fields.drops(name) {
+                continue;
+            }
+            let Some(span) = spans.get_mut(count) else {
+                break;
+            };
+            let n = name.as_ptr() as usize - base;
+            let v = h.value.as_ptr() as usize - base;
             // The head is at most `max` (<= 1 MiB) bytes: offsets fit.
-            *span = [name, name + h.name.len(), value, value + h.value.len()]
+            *span = [n, n + name.len(), v, v + h.value.len()]
                 .map(|o| u32::try_from(o).unwrap_or(u32::MAX));
+            count += 1;
         }
         let head = buf.split_to(len).freeze();
         let mut headers = HeaderMap::with_capacity(count);
@@ -222,17 +241,6 @@ pub fn parse_head(
                 HeaderValue::from_maybe_shared(head.slice(vs..ve)).map_err(|_| WireError::Field)?;
             headers.append(name, value);
         }
-        let (framing, mut keep_alive) = framing(method, status, &mut headers)?;
-        let connection_says = |token: &str| {
-            headers.get_all(header::CONNECTION).iter().any(|v| {
-                v.to_str()
-                    .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-            })
-        };
-        keep_alive &= match version {
-            Version::HTTP_10 => connection_says("keep-alive"),
-            _ => !connection_says("close"),
-        };
         return Ok(Some(Head {
             status,
             version,
@@ -243,51 +251,86 @@ pub fn parse_head(
     }
 }
 
-/// The body framing of a final response, and whether it allows keep-alive.
-/// With both `Transfer-Encoding` and `Content-Length`, the coding wins, the
-/// length is removed and the connection is not reused (RFC 9112 6.3).
-fn framing(
-    method: &Method,
-    status: StatusCode,
-    headers: &mut HeaderMap,
-) -> Result<(Framing, bool), WireError> {
-    if *method == Method::HEAD
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-        || status == StatusCode::SWITCHING_PROTOCOLS
-    {
-        return Ok((Framing::Empty, true));
-    }
-    if headers.contains_key(header::TRANSFER_ENCODING) {
-        let chunked_last = headers
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .rfind(|t| !t.is_empty())
-            .is_some_and(|t| t.eq_ignore_ascii_case("chunked"));
-        let had_length = headers.remove(header::CONTENT_LENGTH).is_some();
-        return Ok(if chunked_last {
-            (Framing::Chunked, !had_length)
-        } else {
-            (Framing::Close, false)
-        });
-    }
-    let mut length: Option<u64> = None;
-    for v in headers.get_all(header::CONTENT_LENGTH) {
-        for part in v.as_bytes().split(|b| *b == b',') {
-            let n = parse_length(trim(part)).ok_or(WireError::Length)?;
-            if length.is_some_and(|l| l != n) {
-                return Err(WireError::Length);
+/// What a response's framing and connection fields say.
+#[derive(Default)]
+struct Fields<'a> {
+    /// `Transfer-Encoding` present: whether its last coding is `chunked`.
+    coding: Option<bool>,
+    /// The `Content-Length` (every value the same).
+    length: Option<u64>,
+    /// `Connection: close`.
+    close: bool,
+    /// `Connection: keep-alive`.
+    keep_alive: bool,
+    /// Other names `Connection` lists: hop-by-hop for this message.
+    nominated: Vec<&'a [u8]>,
+}
+
+impl<'a> Fields<'a> {
+    fn note(&mut self, name: &[u8], value: &'a [u8]) -> Result<(), WireError> {
+        let tokens = || {
+            value
+                .split(|b| *b == b',')
+                .map(trim)
+                .filter(|t| !t.is_empty())
+        };
+        if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            if let Some(last) = tokens().next_back() {
+                self.coding = Some(last.eq_ignore_ascii_case(b"chunked"));
+            } else {
+                self.coding.get_or_insert(false);
             }
-            length = Some(n);
+        } else if name.eq_ignore_ascii_case(b"content-length") {
+            for part in value.split(|b| *b == b',') {
+                let n = parse_length(trim(part)).ok_or(WireError::Length)?;
+                if self.length.is_some_and(|l| l != n) {
+                    return Err(WireError::Length);
+                }
+                self.length = Some(n);
+            }
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            for t in tokens() {
+                if t.eq_ignore_ascii_case(b"close") {
+                    self.close = true;
+                } else if t.eq_ignore_ascii_case(b"keep-alive") {
+                    self.keep_alive = true;
+                } else {
+                    self.nominated.push(t);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the field `name` stays out of the forwarded response.
+    fn drops(&self, name: &[u8]) -> bool {
+        crate::forward::hop_by_hop_name(name)
+            || (self.coding.is_some() && name.eq_ignore_ascii_case(b"content-length"))
+            || self.nominated.iter().any(|n| name.eq_ignore_ascii_case(n))
+    }
+
+    /// The body framing of a final response, and whether the connection
+    /// may carry another request. With both `Transfer-Encoding` and
+    /// `Content-Length`, the coding wins and the connection is not reused
+    /// (RFC 9112 section 6.3).
+    fn framing(&self, method: &Method, status: StatusCode, version: Version) -> (Framing, bool) {
+        let reusable = match version {
+            Version::HTTP_10 => self.keep_alive,
+            _ => !self.close,
+        };
+        if *method == Method::HEAD
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+            || status == StatusCode::SWITCHING_PROTOCOLS
+        {
+            return (Framing::Empty, reusable);
+        }
+        match (self.coding, self.length) {
+            (Some(true), length) => (Framing::Chunked, reusable && length.is_none()),
+            (Some(false), _) | (None, None) => (Framing::Close, false),
+            (None, Some(n)) => (Framing::Length(n), reusable),
         }
     }
-    Ok(match length {
-        Some(n) => (Framing::Length(n), true),
-        None => (Framing::Close, false),
-    })
 }
 
 fn trim(b: &[u8]) -> &[u8] {
@@ -593,6 +636,20 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn hop_by_hop_fields_stay_behind() {
+        let h = head(
+            "HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Private\r\nKeep-Alive: timeout=5\r\nX-Private: 1\r\nProxy-Thing: 2\r\nUpgrade: h2c\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\nTrailer: x-sum\r\nX-Kept: 3\r\nSet-Cookie: a=1\r\n\r\n",
+            &Method::GET,
+        )
+        .unwrap()
+        .unwrap();
+        let names: Vec<&str> = h.headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-kept", "set-cookie"]);
+        assert_eq!(h.framing, Framing::Chunked);
+        assert!(!h.keep_alive, "both framings: not reused");
     }
 
     #[test]
