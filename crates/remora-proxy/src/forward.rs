@@ -9,6 +9,8 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+use crate::upstream::wire::write_field;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::BoxBody;
@@ -180,12 +182,94 @@ pub fn add_forwarding(h: &mut HeaderMap, fwd: &Forwarding, version: Version, hos
     append_list(h, X_FORWARDED_FOR, fwd.ip.clone());
     h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(fwd.proto));
     append_list(h, header::FORWARDED, fwd.element(host));
-    let via = match version {
+    append_list(h, header::VIA, HeaderValue::from_static(via(version)));
+}
+
+/// Writes a request's header fields as they go to a server, in HTTP/1.1
+/// wire form, without changing `h`: the fields [`strip_hop_by_hop`] and
+/// [`add_forwarding`] would leave (the forwarding ones written last, each
+/// as one line), then `Host` when the request has none (`host`, the
+/// authority the client asked for, else `default_host`). `Content-Length`
+/// and `Transfer-Encoding` are left out: the body is framed by the caller.
+pub fn write_request_fields(
+    out: &mut Vec<u8>,
+    h: &HeaderMap,
+    fwd: &Forwarding,
+    version: Version,
+    host: Option<&str>,
+    default_host: &str,
+) {
+    // Names `Connection` makes hop-by-hop for this request (rare).
+    let mut nominated: Vec<HeaderName> = Vec::new();
+    for v in h.get_all(header::CONNECTION) {
+        let Ok(v) = v.to_str() else { continue };
+        for token in v.split(',') {
+            if let Ok(name) = HeaderName::from_bytes(token.trim().as_bytes())
+                && !hop_by_hop(&name)
+            {
+                nominated.push(name);
+            }
+        }
+    }
+    let dropped = |name: &HeaderName| hop_by_hop(name) || nominated.contains(name);
+    let mut has_host = false;
+    for (name, value) in h {
+        if dropped(name)
+            || name == header::CONTENT_LENGTH
+            || name == X_FORWARDED_FOR
+            || name == X_FORWARDED_PROTO
+            || name == header::FORWARDED
+            || name == header::VIA
+        {
+            continue;
+        }
+        has_host |= name == header::HOST;
+        write_field(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    let list = |out: &mut Vec<u8>, name: HeaderName, item: &[u8]| {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        if !dropped(&name) {
+            for v in h.get_all(&name) {
+                let Ok(v) = v.to_str() else { continue };
+                let v = v.trim();
+                if !v.is_empty() {
+                    out.extend_from_slice(v.as_bytes());
+                    out.extend_from_slice(b", ");
+                }
+            }
+        }
+        out.extend_from_slice(item);
+        out.extend_from_slice(b"\r\n");
+    };
+    list(out, X_FORWARDED_FOR, fwd.ip.as_bytes());
+    write_field(out, b"x-forwarded-proto", fwd.proto.as_bytes());
+    list(out, header::FORWARDED, fwd.element(host).as_bytes());
+    list(out, header::VIA, via(version).as_bytes());
+    if !has_host {
+        let host = host
+            .filter(|h| HeaderValue::from_str(h).is_ok())
+            .unwrap_or(default_host);
+        write_field(out, b"host", host.as_bytes());
+    }
+}
+
+fn via(version: Version) -> &'static str {
+    match version {
         Version::HTTP_2 => "2 remora",
         Version::HTTP_10 => "1.0 remora",
         _ => "1.1 remora",
-    };
-    append_list(h, header::VIA, HeaderValue::from_static(via));
+    }
+}
+
+/// The request target to send to a server, in origin form: the client's
+/// path and query (`None` for a target that is not a path, such as `*`).
+pub fn origin_target(uri: &Uri) -> Option<&str> {
+    match uri.path_and_query() {
+        Some(pq) if pq.as_str().starts_with('/') => Some(pq.as_str()),
+        Some(_) => None,
+        None => Some("/"),
+    }
 }
 
 /// Appends `item` to a comma-separated list header: the header's values
@@ -225,16 +309,6 @@ pub fn request_host<B>(req: &Request<B>) -> Option<String> {
         .and_then(|v| v.to_str().ok())
         .map(str::to_string)
         .or_else(|| req.uri().authority().map(|a| a.to_string()))
-}
-
-/// The URI to send to a server: the client's path and query, in origin
-/// form (`None` for a target that is not a path, such as `*`).
-pub fn upstream_uri(uri: &Uri) -> Option<Uri> {
-    match uri.path_and_query() {
-        Some(pq) if pq.as_str().starts_with('/') => Some(Uri::from(pq.clone())),
-        Some(_) => None,
-        None => Some(Uri::from_static("/")),
-    }
 }
 
 /// Approximate size of the request header section, in bytes.
@@ -428,14 +502,83 @@ mod tests {
         );
     }
 
+    /// The wire form says what the map-based path says: hop-by-hop fields
+    /// (and those `Connection` names) gone, forwarding fields merged.
+    #[test]
+    fn request_fields_on_the_wire_match_the_map_rules() {
+        let mut h = HeaderMap::new();
+        h.insert("host", HeaderValue::from_static("shop.test"));
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("te", HeaderValue::from_static("trailers"));
+        h.insert("proxy-authorization", HeaderValue::from_static("x"));
+        h.insert("content-length", HeaderValue::from_static("3"));
+        h.append("x-forwarded-for", HeaderValue::from_static("198.51.100.1"));
+        h.append("x-forwarded-for", HeaderValue::from_static(" "));
+        h.append("x-forwarded-for", HeaderValue::from_static("198.51.100.2"));
+        h.insert("x-forwarded-proto", HeaderValue::from_static("gopher"));
+        h.insert("via", HeaderValue::from_static("1.0 edge"));
+        h.insert("cookie", HeaderValue::from_static("a=1"));
+        let c = ClientInfo {
+            addr: "203.0.113.7:5000".parse().unwrap(),
+            tls: false,
+        };
+        let fwd = Forwarding::new(&c);
+        let mut out = Vec::new();
+        write_request_fields(
+            &mut out,
+            &h,
+            &fwd,
+            Version::HTTP_11,
+            Some("shop.test"),
+            "10.0.0.1:80",
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "host: shop.test\r\ncookie: a=1\r\n\
+             x-forwarded-for: 198.51.100.1, 198.51.100.2, 203.0.113.7\r\n\
+             x-forwarded-proto: http\r\n\
+             forwarded: for=203.0.113.7;proto=http;host=\"shop.test\"\r\n\
+             via: 1.0 edge, 1.1 remora\r\n"
+        );
+        // The same rules through the map.
+        let mut m = h.clone();
+        strip_hop_by_hop(&mut m);
+        add_forwarding(&mut m, &fwd, Version::HTTP_11, Some("shop.test"));
+        assert_eq!(
+            m.get("x-forwarded-for").unwrap(),
+            "198.51.100.1, 198.51.100.2, 203.0.113.7"
+        );
+        assert_eq!(m.get("via").unwrap(), "1.0 edge, 1.1 remora");
+        assert!(m.get("x-secret").is_none());
+        // No Host: the authority asked for, else the server's address.
+        let mut out = Vec::new();
+        write_request_fields(
+            &mut out,
+            &HeaderMap::new(),
+            &fwd,
+            Version::HTTP_2,
+            None,
+            "10.0.0.1:80",
+        );
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.ends_with("via: 2 remora\r\nhost: 10.0.0.1:80\r\n"),
+            "{text}"
+        );
+    }
+
     #[test]
     fn uri_and_idempotence() {
         let u: Uri = "/a/b?c=1".parse().unwrap();
-        assert_eq!(upstream_uri(&u).unwrap().to_string(), "/a/b?c=1");
+        assert_eq!(origin_target(&u), Some("/a/b?c=1"));
         let abs: Uri = "http://example.test:8080/x?y".parse().unwrap();
-        assert_eq!(upstream_uri(&abs).unwrap().to_string(), "/x?y");
+        assert_eq!(origin_target(&abs), Some("/x?y"));
         let star: Uri = "*".parse().unwrap();
-        assert!(upstream_uri(&star).is_none());
+        assert!(origin_target(&star).is_none());
         assert!(idempotent(&Method::GET));
         assert!(!idempotent(&Method::POST));
     }

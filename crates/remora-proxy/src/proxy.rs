@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Instant, SystemTime};
 
 use http::header::{self, HeaderValue};
-use http::{Request, Response, StatusCode, Version};
+use http::{Request, Response, StatusCode};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -17,8 +17,8 @@ use hyper::body::Incoming;
 use crate::affinity::{Decision, OpenedCookie, Outcome};
 use crate::conn::{Activity, ClientIo};
 use crate::forward::{
-    self, ClientInfo, Forwarding, LimitedBody, ProxyBody, add_forwarding, append_list,
-    header_bytes, idempotent, local, request_host, strip_hop_by_hop, upstream_uri,
+    self, ClientInfo, Forwarding, LimitedBody, ProxyBody, append_list, header_bytes, idempotent,
+    local, request_host,
 };
 use crate::metrics::{AffinityLabels, RequestLabels};
 use crate::pool::{Pool, Server};
@@ -335,22 +335,14 @@ async fn forward_with_retries(
     limits: &crate::config::Limits,
 ) -> Response<ProxyBody> {
     let declared = content_length(&req);
-    let (mut parts, body) = req.into_parts();
+    let (parts, body) = req.into_parts();
     let body_empty = body.is_end_stream();
     let retry_any = idempotent(&parts.method) && body_empty;
     let client_version = parts.version;
-    strip_hop_by_hop(&mut parts.headers);
-    add_forwarding(
-        &mut parts.headers,
-        &ctx.forwarding,
-        client_version,
-        host.as_deref(),
-    );
-    if !parts.headers.contains_key(header::HOST) {
-        if let Some(v) = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok()) {
-            parts.headers.insert(header::HOST, v);
-        }
-    }
+    let client_length = parts.headers.contains_key(header::CONTENT_LENGTH);
+    let Some(target) = forward::origin_target(&parts.uri) else {
+        return local(StatusCode::BAD_REQUEST, "bad request target\n");
+    };
     // Raised by the body when it grows past `max_body_bytes` (no body, no flag).
     let exceeded: Option<Arc<AtomicBool>> = (!body_empty).then(Arc::default);
     let too_large = || exceeded.as_ref().is_some_and(|e| e.load(Ordering::Relaxed));
@@ -382,30 +374,31 @@ async fn forward_with_retries(
             return no_server("no server available\n");
         };
         info.server = Some(server.clone());
-        let Some(uri) = upstream_uri(&parts.uri) else {
-            return local(StatusCode::BAD_REQUEST, "bad request target\n");
-        };
         let next = match &replay {
             Some(b) => forward::full(b.clone()),
             None => body.take().unwrap_or_else(forward::empty),
         };
-        let mut up = Request::new(next);
-        *up.method_mut() = parts.method.clone();
-        *up.uri_mut() = uri;
-        *up.version_mut() = Version::HTTP_11;
-        // The headers are copied only when this attempt may be followed by another.
-        let may_retry = attempt.saturating_add(1) < max_attempts
-            && (retry_any || body_empty || replay.is_some());
-        *up.headers_mut() = if may_retry {
-            parts.headers.clone()
-        } else {
-            std::mem::take(&mut parts.headers)
+        // The client's fields go out as they are written: hop-by-hop ones
+        // left out and this hop's forwarding fields merged in, without
+        // changing (or copying) the client's header map.
+        let server_address: &str = &server.address;
+        let fields = |out: &mut Vec<u8>| {
+            forward::write_request_fields(
+                out,
+                &parts.headers,
+                &ctx.forwarding,
+                client_version,
+                host.as_deref(),
+                server_address,
+            );
         };
-        if !up.headers().contains_key(header::HOST)
-            && let Ok(v) = HeaderValue::from_str(&server.address)
-        {
-            up.headers_mut().insert(header::HOST, v);
-        }
+        let up = upstream::Outgoing {
+            method: &parts.method,
+            target,
+            fields: &fields,
+            client_length,
+            body: next,
+        };
         let guard = server.begin();
         let t0 = Instant::now();
         let opts = upstream::SendOptions {

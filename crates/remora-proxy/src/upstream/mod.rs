@@ -26,8 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use http::header;
-use http::{Method, Request, Response};
+use http::{Method, Response};
 use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -244,6 +243,30 @@ pub struct SendOptions {
     pub max_head: usize,
 }
 
+/// A request as it goes to a server.
+pub struct Outgoing<'a> {
+    /// Its method.
+    pub method: &'a Method,
+    /// Its target in origin form (`/path?query`).
+    pub target: &'a str,
+    /// Writes its header fields, in wire form, leaving out the framing
+    /// ones (see [`wire::encode_head`]).
+    pub fields: &'a (dyn Fn(&mut Vec<u8>) + Send + Sync),
+    /// The client sent a `Content-Length` (so an empty body says 0).
+    pub client_length: bool,
+    /// Its body.
+    pub body: ProxyBody,
+}
+
+impl std::fmt::Debug for Outgoing<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outgoing")
+            .field("method", self.method)
+            .field("target", &self.target)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Sends `req` to `address` over the client connection's kept connection,
 /// an idle one, or a new one, and waits at most `opts.timeout` for the
 /// response head. The response body streams from the connection and gives
@@ -251,7 +274,7 @@ pub struct SendOptions {
 pub async fn send(
     slot: &Arc<Slot>,
     address: &Arc<str>,
-    req: Request<ProxyBody>,
+    req: Outgoing<'_>,
     opts: SendOptions,
 ) -> Result<Response<UpstreamBody>, ForwardError> {
     match tokio::time::timeout(opts.timeout, send_inner(slot, address, req, opts)).await {
@@ -287,12 +310,10 @@ enum Failure {
 async fn send_inner(
     slot: &Arc<Slot>,
     address: &Arc<str>,
-    req: Request<ProxyBody>,
+    req: Outgoing<'_>,
     opts: SendOptions,
 ) -> Result<Response<UpstreamBody>, ForwardError> {
-    let (parts, mut body) = req.into_parts();
-    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let upgrade = parts.headers.contains_key(header::UPGRADE);
+    let mut body = req.body;
     // A body that is whole at once (a replayed or small one) goes in the
     // head's write, and can be written again on a new connection.
     let length = body.size_hint().exact();
@@ -328,7 +349,14 @@ async fn send_inner(
     let (mut conn, mut fresh) = checkout(slot, address, opts.connect_timeout).await?;
     let mut head = std::mem::take(&mut conn.write_buf);
     head.clear();
-    wire::encode_head(&mut head, &parts.method, target, &parts.headers, length);
+    wire::encode_head(
+        &mut head,
+        req.method,
+        req.target,
+        |out| (req.fields)(out),
+        length,
+        req.client_length,
+    );
     if let Some(d) = &whole {
         head.extend_from_slice(d);
     }
@@ -338,8 +366,7 @@ async fn send_inner(
             &head,
             body.as_mut(),
             length.is_none(),
-            &parts.method,
-            upgrade,
+            req.method,
             opts.max_head,
         )
         .await
@@ -388,7 +415,6 @@ async fn exchange(
     body: Option<&mut ProxyBody>,
     chunked: bool,
     method: &Method,
-    upgrade: bool,
     max_head: usize,
 ) -> Result<(wire::Head, bool), Failure> {
     // The head: the server cannot answer before it has it. A write that
@@ -411,7 +437,7 @@ async fn exchange(
     // The response head.
     loop {
         if !conn.read_buf.is_empty() || answered {
-            match wire::parse_head(&mut conn.read_buf, method, upgrade, max_head) {
+            match wire::parse_head(&mut conn.read_buf, method, false, max_head) {
                 Ok(Some(h)) => return Ok((h, complete)),
                 Ok(None) => {}
                 Err(e) => return Err(Failure::Fatal(ForwardError::Protocol(e))),
@@ -626,12 +652,22 @@ mod tests {
         }
     }
 
+    fn host_field(out: &mut Vec<u8>) {
+        wire::write_field(out, b"host", b"t");
+    }
+
+    fn request(method: &'static Method, body: ProxyBody) -> Outgoing<'static> {
+        Outgoing {
+            method,
+            target: "/p",
+            fields: &host_field,
+            client_length: false,
+            body,
+        }
+    }
+
     async fn get(slot: &Arc<Slot>, addr: &Arc<str>) -> bytes::Bytes {
-        let req = Request::builder()
-            .uri("/")
-            .header("host", "t")
-            .body(crate::forward::empty())
-            .expect("request");
+        let req = request(&Method::GET, crate::forward::empty());
         let resp = send(slot, addr, req, opts()).await.expect("response");
         let guard = Arc::new(ServerStats::new()).start_request();
         resp.into_body()
@@ -678,7 +714,7 @@ mod tests {
         let addr: Arc<str> = Arc::from(l.local_addr().expect("addr").to_string());
         drop(l);
         let slot = Arc::new(Slot::default());
-        let req = Request::new(crate::forward::empty());
+        let req = request(&Method::GET, crate::forward::empty());
         let r = send(&slot, &addr, req, opts()).await;
         assert!(matches!(r, Err(ForwardError::Connect(_))), "{r:?}");
     }
@@ -731,15 +767,6 @@ mod tests {
         (addr, rx)
     }
 
-    fn request(method: Method, body: ProxyBody) -> Request<ProxyBody> {
-        let mut req = Request::new(body);
-        *req.method_mut() = method;
-        *req.uri_mut() = http::Uri::from_static("/p");
-        req.headers_mut()
-            .insert("host", http::HeaderValue::from_static("t"));
-        req
-    }
-
     #[tokio::test]
     async fn chunked_responses_stream_with_their_trailers() {
         let (addr, _) = scripted(
@@ -751,7 +778,7 @@ mod tests {
         let resp = send(
             &slot,
             &addr,
-            request(Method::GET, crate::forward::empty()),
+            request(&Method::GET, crate::forward::empty()),
             opts(),
         )
         .await
@@ -774,7 +801,7 @@ mod tests {
         let resp = send(
             &slot,
             &addr,
-            request(Method::GET, crate::forward::empty()),
+            request(&Method::GET, crate::forward::empty()),
             opts(),
         )
         .await
@@ -800,7 +827,7 @@ mod tests {
         );
         let body = http_body_util::StreamBody::new(frames).boxed();
         let slot = Arc::new(Slot::default());
-        let resp = send(&slot, &addr, request(Method::POST, body), opts())
+        let resp = send(&slot, &addr, request(&Method::POST, body), opts())
             .await
             .expect("response");
         assert_eq!(resp.status(), http::StatusCode::NO_CONTENT);
@@ -825,7 +852,7 @@ mod tests {
         let (_tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<bytes::Bytes>, BoxError>>(1);
         let body = http_body_util::StreamBody::new(tokio_stream_from(rx)).boxed();
         let slot = Arc::new(Slot::default());
-        let resp = send(&slot, &addr, request(Method::POST, body), opts())
+        let resp = send(&slot, &addr, request(&Method::POST, body), opts())
             .await
             .expect("response");
         assert_eq!(resp.status(), http::StatusCode::PAYLOAD_TOO_LARGE);
@@ -844,7 +871,7 @@ mod tests {
     #[tokio::test]
     async fn bad_answers_are_errors_not_hangs() {
         let slot = Arc::new(Slot::default());
-        let get = || request(Method::GET, crate::forward::empty());
+        let get = || request(&Method::GET, crate::forward::empty());
         // A head larger than allowed.
         let big: &'static [u8] = Box::leak(
             format!("HTTP/1.1 200 OK\r\nx-big: {}\r\n\r\n", "a".repeat(70_000))

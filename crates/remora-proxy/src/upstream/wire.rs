@@ -76,36 +76,25 @@ pub struct Head {
     pub keep_alive: bool,
 }
 
-/// Writes the request head: `METHOD TARGET HTTP/1.1`, every header of
-/// `headers` but `Content-Length` and `Transfer-Encoding`, then the framing
-/// header for a body of `length` bytes (`None`: chunked; `Some(0)` writes
+/// Writes the request head: `METHOD TARGET HTTP/1.1`, the header fields
+/// `fields` writes (which must leave out `Content-Length` and
+/// `Transfer-Encoding`: the framing is this function's), then the framing
+/// field for a body of `length` bytes (`None`: chunked; `Some(0)` writes
 /// `Content-Length: 0` only for methods that expect a body, or when the
-/// client sent one).
+/// client sent a length, `client_length`).
 pub fn encode_head(
     out: &mut Vec<u8>,
     method: &Method,
     target: &str,
-    headers: &HeaderMap,
+    fields: impl FnOnce(&mut Vec<u8>),
     length: Option<u64>,
+    client_length: bool,
 ) {
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    let mut client_length = false;
-    for (name, value) in headers {
-        if name == header::CONTENT_LENGTH {
-            client_length = true;
-            continue;
-        }
-        if name == header::TRANSFER_ENCODING {
-            continue;
-        }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
+    fields(out);
     match length {
         None => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         Some(0)
@@ -118,6 +107,24 @@ pub fn encode_head(
         }
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// Writes one header field line.
+pub fn write_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Writes every field of `headers` but `Content-Length` and
+/// `Transfer-Encoding`, as they are.
+pub fn write_fields(out: &mut Vec<u8>, headers: &HeaderMap) {
+    for (name, value) in headers {
+        if name != header::CONTENT_LENGTH && name != header::TRANSFER_ENCODING {
+            write_field(out, name.as_str().as_bytes(), value.as_bytes());
+        }
+    }
 }
 
 fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
@@ -486,24 +493,35 @@ mod tests {
         h.append("x-a", HeaderValue::from_static("1"));
         h.append("x-a", HeaderValue::from_static("2"));
         let mut out = Vec::new();
-        encode_head(&mut out, &Method::POST, "/p?q=1", &h, Some(12));
+        encode_head(
+            &mut out,
+            &Method::POST,
+            "/p?q=1",
+            |o| write_fields(o, &h),
+            Some(12),
+            true,
+        );
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "POST /p?q=1 HTTP/1.1\r\nhost: example.test\r\nx-a: 1\r\nx-a: 2\r\ncontent-length: 12\r\n\r\n"
         );
         let mut out = Vec::new();
-        encode_head(&mut out, &Method::PUT, "/", &HeaderMap::new(), None);
+        encode_head(&mut out, &Method::PUT, "/", |_| {}, None, false);
         assert!(
             String::from_utf8(out)
                 .unwrap()
                 .ends_with("transfer-encoding: chunked\r\n\r\n")
         );
-        // A GET without a body says nothing about one; a POST says 0.
+        // A GET without a body says nothing about one (unless its client
+        // said 0); a POST says 0.
         let mut out = Vec::new();
-        encode_head(&mut out, &Method::GET, "/", &HeaderMap::new(), Some(0));
+        encode_head(&mut out, &Method::GET, "/", |_| {}, Some(0), false);
         assert_eq!(out, b"GET / HTTP/1.1\r\n\r\n");
         let mut out = Vec::new();
-        encode_head(&mut out, &Method::POST, "/", &HeaderMap::new(), Some(0));
+        encode_head(&mut out, &Method::GET, "/", |_| {}, Some(0), true);
+        assert_eq!(out, b"GET / HTTP/1.1\r\ncontent-length: 0\r\n\r\n");
+        let mut out = Vec::new();
+        encode_head(&mut out, &Method::POST, "/", |_| {}, Some(0), false);
         assert_eq!(out, b"POST / HTTP/1.1\r\ncontent-length: 0\r\n\r\n");
     }
 
