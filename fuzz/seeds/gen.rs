@@ -223,4 +223,18 @@ fn main() {
     .map(|h| [h, tail.to_vec()].concat())
     .collect();
     write("proxy_protocol", &proxy);
+
+    let responses: Vec<Vec<u8>> = [
+        &b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Sat, 21 Nov 2026 19:00:00 GMT\r\nContent-Type: application/octet-stream\r\nContent-Length: 5\r\nConnection: keep-alive\r\nETag: \"abc\"\r\n\r\nhello"[..],
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-sum\r\n\r\n5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nx-sum: 11\r\n\r\n",
+        b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the connection closes",
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nConnection: close, X-Private\r\nX-Private: 1\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\nContent-Length: 3, 3\r\n\r\nabc",
+        b"HTTP/1.1 502 Bad Gateway\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 9\r\n\r\n0\r\n\r\n",
+    ]
+    .iter()
+    .map(|r| r.to_vec())
+    .collect();
+    write("server_response", &responses);
 }

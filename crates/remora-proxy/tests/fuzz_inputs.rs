@@ -1,8 +1,10 @@
 //! Stable fuzz harness for the proxy's untrusted-input parsers, run by
 //! `cargo test`: the configuration parser ([`Config::parse`]), the sealed
-//! affinity cookie opener ([`CookieRecord::open`]) and the PROXY protocol
-//! v1/v2 parsers. The `cargo fuzz` targets `config_parse`, `affinity_cookie`
-//! and `proxy_protocol` (see `docs/fuzzing.md`) explore the same functions
+//! affinity cookie opener ([`CookieRecord::open`]), the PROXY protocol
+//! v1/v2 parsers, and a server's response as the proxy's HTTP/1.1 client
+//! reads it ([`parse_head`], [`Chunked`]). The `cargo fuzz` targets
+//! `config_parse`, `affinity_cookie`, `proxy_protocol` and
+//! `server_response` (see `docs/fuzzing.md`) explore the same functions
 //! without a case limit.
 //!
 //! Inputs are structured mutations of valid inputs from a fixed seed, so
@@ -17,6 +19,7 @@ use remora_proxy::config::{Config, ConfigError};
 use remora_proxy::proxy_protocol::{
     MAX_V1_LEN, MAX_V2_PAYLOAD, ProxiedAddr, V2_SIGNATURE, parse_v1, parse_v2, read_header,
 };
+use remora_proxy::upstream::wire::{Chunked, Decoded, Framing, Head, WireError, parse_head};
 use remora_seal::{Key, Keyring, Purpose, Sealer};
 
 /// No single input may take this long (a hang or blow-up).
@@ -394,4 +397,112 @@ fn fuzz_proxy_protocol() {
         sources > 1_000,
         "only {sources} mutants parsed to an address"
     );
+}
+
+// ------------------------------------------------------- server responses
+
+fn response_seeds() -> Vec<Vec<u8>> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/seeds/server_response");
+    let mut seeds: Vec<Vec<u8>> = std::fs::read_dir(&dir)
+        .expect("fuzz/seeds/server_response")
+        .map(|e| std::fs::read(e.expect("entry").path()).expect("seed"))
+        .collect();
+    seeds.sort();
+    seeds
+}
+
+/// What a response head said: status, framing, fields kept (`None`: not
+/// complete), or the error.
+type HeadFacts = Result<Option<(u16, Framing, usize)>, String>;
+
+/// Reads a head from `input` fed in pieces of `step` bytes, then decodes
+/// a chunked body: what was parsed, and the body bytes decoded.
+fn read_response(input: &[u8], step: usize) -> (HeadFacts, Vec<u8>) {
+    let mut buf = bytes::BytesMut::new();
+    let mut fed = 0;
+    let head: Head = loop {
+        match parse_head(&mut buf, &http::Method::GET, false, 4096) {
+            Ok(Some(h)) => break h,
+            Ok(None) if fed < input.len() => {
+                let end = (fed + step).min(input.len());
+                buf.extend_from_slice(&input[fed..end]);
+                fed = end;
+            }
+            Ok(None) => return (Ok(None), Vec::new()),
+            Err(e) => return (Err(e.to_string()), Vec::new()),
+        }
+    };
+    buf.extend_from_slice(&input[fed..]);
+    let mut body = Vec::new();
+    if head.framing == Framing::Chunked {
+        let mut state = Chunked::Size;
+        loop {
+            match state.decode(&mut buf, 4096) {
+                Ok(Decoded::Data(d)) => {
+                    assert!(!d.is_empty(), "an empty data frame");
+                    body.extend_from_slice(&d);
+                }
+                Ok(_) | Err(WireError::ChunkSize | WireError::ChunkEnd | WireError::Trailers) => {
+                    break;
+                }
+                Err(e) => panic!("unexpected body error {e}"),
+            }
+        }
+    }
+    let facts = (head.status.as_u16(), head.framing, head.headers.len());
+    (Ok(Some(facts)), body)
+}
+
+#[test]
+fn fuzz_server_response() {
+    let seeds = response_seeds();
+    assert!(seeds.len() >= 5, "seeds missing");
+    for s in &seeds {
+        let (r, _) = read_response(s, s.len());
+        assert!(matches!(r, Ok(Some(_))), "seed refused: {r:?} {s:?}");
+    }
+    let dict: &[&[u8]] = &[
+        b"HTTP/1.1 ",
+        b"HTTP/1.0 ",
+        b"100 Continue\r\n\r\n",
+        b"101 ",
+        b"\r\n",
+        b"\r\n\r\n",
+        b"Content-Length: ",
+        b"Transfer-Encoding: chunked\r\n",
+        b"Connection: close\r\n",
+        b" \t",
+        b"ffffffffffffffff",
+        b"18446744073709551616",
+        b"0\r\n\r\n",
+        b";ext=\"",
+        b"\x80\xff",
+    ];
+    let mut g = Gen::new(0x5E4_7E5);
+    let mut parsed = 0usize;
+    for case in 0..30_000 {
+        let input = g.mutate(&seeds, dict);
+        let started = Instant::now();
+        let (whole, body) = read_response(&input, input.len().max(1));
+        // The same bytes in small pieces give the same answer.
+        let step = 1 + g.below(7);
+        let (pieces, pieces_body) = read_response(&input, step);
+        assert_eq!(
+            whole, pieces,
+            "case {case}: split at {step} differs: {input:?}"
+        );
+        assert_eq!(
+            body, pieces_body,
+            "case {case}: body differs when split: {input:?}"
+        );
+        assert!(
+            started.elapsed() < SLOW,
+            "case {case} took {:?}",
+            started.elapsed()
+        );
+        if matches!(whole, Ok(Some(_))) {
+            parsed += 1;
+        }
+    }
+    assert!(parsed > 3_000, "only {parsed} mutants parsed to a head");
 }

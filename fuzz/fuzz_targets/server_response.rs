@@ -1,0 +1,41 @@
+//! A server's response, as the proxy's HTTP/1.1 client reads it: the head
+//! (`upstream::wire::parse_head`) and, when chunked, the body
+//! (`upstream::wire::Chunked`), fed in two parts split where the first byte
+//! says.
+#![no_main]
+
+use bytes::BytesMut;
+use http::Method;
+use libfuzzer_sys::fuzz_target;
+use remora_proxy::upstream::wire::{Chunked, Decoded, Framing, parse_head};
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&split, data)) = data.split_first() else {
+        return;
+    };
+    let split = usize::from(split).min(data.len());
+    let mut buf = BytesMut::from(&data[..split]);
+    let mut rest = &data[split..];
+    let head = loop {
+        match parse_head(&mut buf, &Method::GET, false, 4096) {
+            Ok(Some(h)) => break h,
+            Ok(None) if !rest.is_empty() => {
+                buf.extend_from_slice(rest);
+                rest = &[];
+            }
+            _ => return,
+        }
+    };
+    buf.extend_from_slice(rest);
+    if head.framing == Framing::Chunked {
+        let mut state = Chunked::Size;
+        let before = buf.len();
+        while let Ok(step) = state.decode(&mut buf, 4096) {
+            assert!(buf.len() <= before);
+            match step {
+                Decoded::Data(d) => assert!(!d.is_empty()),
+                Decoded::Trailers(_) | Decoded::End | Decoded::NeedMore => break,
+            }
+        }
+    }
+});
