@@ -666,9 +666,14 @@ mod tests {
         }
     }
 
-    async fn get(slot: &Arc<Slot>, addr: &Arc<str>) -> bytes::Bytes {
+    /// A GET's response (head read, body not yet).
+    async fn get_response(slot: &Arc<Slot>, addr: &Arc<str>) -> Response<UpstreamBody> {
         let req = request(&Method::GET, crate::forward::empty());
-        let resp = send(slot, addr, req, opts()).await.expect("response");
+        send(slot, addr, req, opts()).await.expect("response")
+    }
+
+    async fn get(slot: &Arc<Slot>, addr: &Arc<str>) -> bytes::Bytes {
+        let resp = get_response(slot, addr).await;
         let guard = Arc::new(ServerStats::new()).start_request();
         resp.into_body()
             .with_guard(guard)
@@ -775,14 +780,7 @@ mod tests {
         )
         .await;
         let slot = Arc::new(Slot::default());
-        let resp = send(
-            &slot,
-            &addr,
-            request(&Method::GET, crate::forward::empty()),
-            opts(),
-        )
-        .await
-        .expect("response");
+        let resp = get_response(&slot, &addr).await;
         let collected = resp.into_body().collect().await.expect("body");
         assert_eq!(
             collected
@@ -798,14 +796,7 @@ mod tests {
     async fn a_body_without_length_ends_with_the_connection_and_is_not_reused() {
         let (addr, _) = scripted(b"HTTP/1.1 200 OK\r\n\r\nuntil the end", None).await;
         let slot = Arc::new(Slot::default());
-        let resp = send(
-            &slot,
-            &addr,
-            request(&Method::GET, crate::forward::empty()),
-            opts(),
-        )
-        .await
-        .expect("response");
+        let resp = get_response(&slot, &addr).await;
         let body = resp.into_body().collect().await.expect("body").to_bytes();
         assert_eq!(body, "until the end");
         assert!(
