@@ -83,7 +83,7 @@ pub(crate) async fn start(
         },
     };
     if h2 {
-        let ctx = Arc::new(ConnCtx::new(listen, client, io.activity.clone()));
+        let ctx = Arc::new(ConnCtx::new(listen, client, io.activity.clone(), false));
         serve_h2(shared, ctx, io, limits).await;
         return None;
     }
@@ -136,7 +136,12 @@ where
                 addr: client_addr,
                 tls: lst.tls.is_some(),
             };
-            let ctx = Arc::new(ConnCtx::new(lst.config.listen, client, io.activity.clone()));
+            let ctx = Arc::new(ConnCtx::new(
+                lst.config.listen,
+                client,
+                io.activity.clone(),
+                true,
+            ));
             let limits = &lst.config.limits;
             let phase = run_h1(accepted.shared(), ctx, io, limits, &mut shutdown, eager);
             let Some(back) = Box::pin(phase).await else {
@@ -347,6 +352,11 @@ async fn run_h1(
     // for `park_after` (or `idle_timeout`): a busy connection costs one
     // wake-up per `park_after`, not one per tick.
     let first = park_after.min(idle);
+    // While a request is in flight the timer also fires its server-timeout
+    // deadline (`ctx.watch`), so it wakes at least this often then.
+    let busy_wait = first
+        .min(limits.server_timeout / 8)
+        .max(Duration::from_millis(1));
     let quiet_timer = tokio::time::sleep(first);
     tokio::pin!(quiet_timer);
     let mut closing = false;
@@ -388,6 +398,7 @@ async fn run_h1(
                 closing = true;
             }
             () = &mut quiet_timer, if !closing => {
+                let pending = ctx.watch.as_ref().and_then(|w| w.check(Instant::now()));
                 let busy = ctx.inflight.load(Ordering::Relaxed) > 0;
                 let quiet = activity.idle_for();
                 let head_wait = activity.head_wait();
@@ -406,9 +417,12 @@ async fn run_h1(
                     Pin::new(&mut conn).graceful_shutdown();
                     parking = true;
                 } else {
-                    let mut wait = if busy { first } else { first.saturating_sub(quiet) };
+                    let mut wait = if busy { busy_wait } else { first.saturating_sub(quiet) };
                     if let Some(w) = head_wait {
                         wait = wait.min(head_limit.saturating_sub(w));
+                    }
+                    if let Some(deadline) = pending {
+                        wait = wait.min(deadline.saturating_duration_since(Instant::now()));
                     }
                     quiet_timer
                         .as_mut()

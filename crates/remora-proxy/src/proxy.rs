@@ -41,6 +41,9 @@ pub struct ConnCtx {
     pub inflight: Arc<AtomicUsize>,
     /// The client stream's activity stamps (the request-head wait).
     pub activity: Arc<Activity>,
+    /// The server-timeout deadline of the request in flight, for HTTP/1.1
+    /// (`None` for HTTP/2, whose requests each arm a timer).
+    pub watch: Option<upstream::Watch>,
     /// Requests received on this context (its active phase) so far.
     pub answered: AtomicUsize,
     /// Set by the WebSocket handler with its `101`: receives the client
@@ -58,9 +61,17 @@ pub struct ConnCtx {
 impl ConnCtx {
     /// A context for a connection accepted on `listen` from `client`, with
     /// nothing in flight, no kept server connection and no cached counters.
-    pub fn new(listen: SocketAddr, client: ClientInfo, activity: Arc<Activity>) -> ConnCtx {
+    /// `watched`: an HTTP/1.1 connection, whose quiet timer enforces the
+    /// server timeout of its one request at a time (see [`upstream::Watch`]).
+    pub fn new(
+        listen: SocketAddr,
+        client: ClientInfo,
+        activity: Arc<Activity>,
+        watched: bool,
+    ) -> ConnCtx {
         ConnCtx {
             activity,
+            watch: watched.then(upstream::Watch::default),
             listen,
             forwarding: Forwarding::new(&client),
             client,
@@ -406,7 +417,7 @@ async fn forward_with_retries(
             timeout: limits.server_timeout,
             max_head: limits.max_response_header_bytes,
         };
-        match upstream::send(&ctx.upstream, &server.address, up, opts).await {
+        match upstream::send(&ctx.upstream, &server.address, up, opts, ctx.watch.as_ref()).await {
             Ok(resp) => {
                 server.live.stats.observe_latency(t0.elapsed());
                 if resp.status().is_server_error() {

@@ -23,6 +23,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -271,15 +272,95 @@ impl std::fmt::Debug for Outgoing<'_> {
 /// an idle one, or a new one, and waits at most `opts.timeout` for the
 /// response head. The response body streams from the connection and gives
 /// it back to `slot` when it ends.
+///
+/// With a `watch`, the wait arms no timer of its own: the deadline is set on
+/// the watch, and whoever owns it (the client connection's quiet timer)
+/// fires it with [`Watch::check`].
 pub async fn send(
     slot: &Arc<Slot>,
     address: &Arc<str>,
     req: Outgoing<'_>,
     opts: SendOptions,
+    watch: Option<&Watch>,
 ) -> Result<Response<UpstreamBody>, ForwardError> {
-    match tokio::time::timeout(opts.timeout, send_inner(slot, address, req, opts)).await {
-        Err(_) => Err(ForwardError::Timeout),
-        Ok(r) => r,
+    let Some(watch) = watch else {
+        return match tokio::time::timeout(opts.timeout, send_inner(slot, address, req, opts)).await
+        {
+            Err(_) => Err(ForwardError::Timeout),
+            Ok(r) => r,
+        };
+    };
+    watch.start(Instant::now() + opts.timeout);
+    let mut exchange = std::pin::pin!(send_inner(slot, address, req, opts));
+    let r = std::future::poll_fn(|cx| {
+        if let Poll::Ready(r) = exchange.as_mut().poll(cx) {
+            return Poll::Ready(r);
+        }
+        if watch.poll_expired(cx) {
+            return Poll::Ready(Err(ForwardError::Timeout));
+        }
+        Poll::Pending
+    })
+    .await;
+    watch.stop();
+    r
+}
+
+/// A deadline for a response head, enforced by someone else's timer: a
+/// client connection's requests come one at a time, and its quiet timer
+/// already wakes while a request is in flight, so a request needs no timer
+/// of its own (one per request costs more than the rest of the wait).
+#[derive(Debug, Default)]
+pub struct Watch(parking_lot::Mutex<WatchState>);
+
+#[derive(Debug, Default)]
+struct WatchState {
+    deadline: Option<Instant>,
+    expired: bool,
+    waker: Option<Waker>,
+}
+
+impl Watch {
+    fn start(&self, deadline: Instant) {
+        let mut s = self.0.lock();
+        s.deadline = Some(deadline);
+        s.expired = false;
+    }
+
+    fn stop(&self) {
+        let mut s = self.0.lock();
+        s.deadline = None;
+        s.expired = false;
+        s.waker = None;
+    }
+
+    /// Whether the deadline has been fired; if not, `cx` is woken when it is.
+    fn poll_expired(&self, cx: &Context<'_>) -> bool {
+        let mut s = self.0.lock();
+        if s.expired {
+            return true;
+        }
+        if !s.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            s.waker = Some(cx.waker().clone());
+        }
+        false
+    }
+
+    /// Fires the deadline if it has passed at `now` (waking the request);
+    /// returns the deadline still pending, if any.
+    pub fn check(&self, now: Instant) -> Option<Instant> {
+        let mut s = self.0.lock();
+        match s.deadline {
+            Some(d) if d <= now => {
+                s.deadline = None;
+                s.expired = true;
+                if let Some(w) = s.waker.take() {
+                    w.wake();
+                }
+                None
+            }
+            d => d,
+        }
     }
 }
 
@@ -669,7 +750,7 @@ mod tests {
     /// A GET's response (head read, body not yet).
     async fn get_response(slot: &Arc<Slot>, addr: &Arc<str>) -> Response<UpstreamBody> {
         let req = request(&Method::GET, crate::forward::empty());
-        send(slot, addr, req, opts()).await.expect("response")
+        send(slot, addr, req, opts(), None).await.expect("response")
     }
 
     async fn get(slot: &Arc<Slot>, addr: &Arc<str>) -> bytes::Bytes {
@@ -720,7 +801,7 @@ mod tests {
         drop(l);
         let slot = Arc::new(Slot::default());
         let req = request(&Method::GET, crate::forward::empty());
-        let r = send(&slot, &addr, req, opts()).await;
+        let r = send(&slot, &addr, req, opts(), None).await;
         assert!(matches!(r, Err(ForwardError::Connect(_))), "{r:?}");
     }
 
@@ -818,7 +899,7 @@ mod tests {
         );
         let body = http_body_util::StreamBody::new(frames).boxed();
         let slot = Arc::new(Slot::default());
-        let resp = send(&slot, &addr, request(&Method::POST, body), opts())
+        let resp = send(&slot, &addr, request(&Method::POST, body), opts(), None)
             .await
             .expect("response");
         assert_eq!(resp.status(), http::StatusCode::NO_CONTENT);
@@ -843,7 +924,7 @@ mod tests {
         let (_tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<bytes::Bytes>, BoxError>>(1);
         let body = http_body_util::StreamBody::new(tokio_stream_from(rx)).boxed();
         let slot = Arc::new(Slot::default());
-        let resp = send(&slot, &addr, request(&Method::POST, body), opts())
+        let resp = send(&slot, &addr, request(&Method::POST, body), opts(), None)
             .await
             .expect("response");
         assert_eq!(resp.status(), http::StatusCode::PAYLOAD_TOO_LARGE);
@@ -870,25 +951,25 @@ mod tests {
                 .into_boxed_slice(),
         );
         let (addr, _) = scripted(big, None).await;
-        let r = send(&slot, &addr, get(), opts()).await;
+        let r = send(&slot, &addr, get(), opts(), None).await;
         assert!(
             matches!(r, Err(ForwardError::Protocol(WireError::HeadTooLarge(_)))),
             "{r:?}"
         );
         // Not HTTP.
         let (addr, _) = scripted(b"SSH-2.0-OpenSSH\r\n\r\n", None).await;
-        let r = send(&slot, &addr, get(), opts()).await;
+        let r = send(&slot, &addr, get(), opts(), None).await;
         assert!(
             matches!(r, Err(ForwardError::Protocol(WireError::Head(_)))),
             "{r:?}"
         );
         // Closed with no answer on a new connection.
         let (addr, _) = scripted(b"", None).await;
-        let r = send(&slot, &addr, get(), opts()).await;
+        let r = send(&slot, &addr, get(), opts(), None).await;
         assert!(matches!(r, Err(ForwardError::Reset(_))), "{r:?}");
         // A body cut short.
         let (addr, _) = scripted(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort", None).await;
-        let resp = send(&slot, &addr, get(), opts()).await.expect("head");
+        let resp = send(&slot, &addr, get(), opts(), None).await.expect("head");
         let err = resp
             .into_body()
             .collect()
@@ -903,8 +984,43 @@ mod tests {
         let addr: Arc<str> = Arc::from(l.local_addr().expect("addr").to_string());
         let mut quick = opts();
         quick.timeout = Duration::from_millis(200);
-        let r = send(&slot, &addr, get(), quick).await;
+        let r = send(&slot, &addr, get(), quick, None).await;
         assert!(matches!(r, Err(ForwardError::Timeout)), "{r:?}");
+    }
+
+    #[tokio::test]
+    async fn a_watched_deadline_ends_the_wait_when_its_owner_fires_it() {
+        // A server that never answers.
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr: Arc<str> = Arc::from(l.local_addr().expect("addr").to_string());
+        let slot = Arc::new(Slot::default());
+        let watch = Watch::default();
+        let owner = async {
+            // Nothing fires before the deadline...
+            tokio::task::yield_now().await;
+            assert!(watch.check(Instant::now()).is_some(), "deadline pending");
+            // ...and the owner's timer, come the deadline, ends the wait.
+            assert!(
+                watch
+                    .check(Instant::now() + Duration::from_secs(3600))
+                    .is_none()
+            );
+        };
+        let req = request(&Method::GET, crate::forward::empty());
+        // Its own timeout is an hour away: only the watch can end it.
+        let mut long = opts();
+        long.timeout = Duration::from_secs(3600);
+        let both = async { tokio::join!(send(&slot, &addr, req, long, Some(&watch)), owner) };
+        let (r, ()) = tokio::time::timeout(Duration::from_secs(30), both)
+            .await
+            .expect("the watch ended the wait");
+        assert!(matches!(r, Err(ForwardError::Timeout)), "{r:?}");
+        // Stopped: the next request starts clean.
+        assert!(
+            watch
+                .check(Instant::now() + Duration::from_secs(3600))
+                .is_none()
+        );
     }
 
     #[tokio::test]
