@@ -215,13 +215,13 @@ fn cookie_records() -> Vec<CookieRecord> {
             id: u64::MAX,
             issued: 0,
             last_seen: u64::MAX,
-            server: "\u{e9}".repeat(MAX_SERVER_NAME / 2),
+            server: "\u{e9}".repeat(MAX_SERVER_NAME / 2).into(),
         },
         CookieRecord {
             id: 0,
             issued: 1,
             last_seen: 1,
-            server: String::new(),
+            server: "".into(),
         },
     ]
 }

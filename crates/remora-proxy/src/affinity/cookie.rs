@@ -26,7 +26,7 @@ pub struct CookieRecord {
     /// from it.
     pub last_seen: u64,
     /// The pinned server's name.
-    pub server: String,
+    pub server: std::sync::Arc<str>,
 }
 
 impl CookieRecord {
@@ -58,7 +58,7 @@ impl CookieRecord {
             id: u(1)?,
             issued: u(9)?,
             last_seen: u(17)?,
-            server: std::str::from_utf8(&bytes[HEADER..]).ok()?.to_owned(),
+            server: std::str::from_utf8(&bytes[HEADER..]).ok()?.into(),
         })
     }
 
@@ -186,7 +186,7 @@ mod tests {
 
         #[test]
         fn record_round_trips(id in any::<u64>(), issued in any::<u64>(), last in any::<u64>(), server in "[a-z0-9.-]{0,40}") {
-            let r = CookieRecord { id, issued, last_seen: last, server };
+            let r = CookieRecord { id, issued, last_seen: last, server: server.into() };
             prop_assert_eq!(CookieRecord::decode(&r.encode()), Some(r));
         }
     }

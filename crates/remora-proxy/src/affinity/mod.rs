@@ -738,7 +738,7 @@ impl Affinity {
                         id: old.as_ref().map_or_else(rand::random, |r| r.id),
                         issued: now,
                         last_seen: now,
-                        server: name.to_string(),
+                        server: Arc::clone(name),
                     },
                 };
                 self.table
