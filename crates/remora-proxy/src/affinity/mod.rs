@@ -434,8 +434,9 @@ impl Affinity {
 
     /// Decides the servers for a request. With no affinity (or no key in
     /// the request), the selector decides. A client pinned to a server that
-    /// takes pinned traffic (ready, drain, full) is a `hit` and its
-    /// fallbacks are its deterministic repin targets; a pinned server that
+    /// takes pinned traffic (ready, drain, full) is a `hit` with that server
+    /// alone (should it refuse the connection, [`Affinity::repin_after_failure`]
+    /// gives the deterministic repin target); a pinned server that
     /// is down, in maintenance or removed gives `repin` (or, with `strict`,
     /// a refused decision).
     pub fn resolve(
