@@ -66,7 +66,9 @@ fn hop_by_hop(name: &HeaderName) -> bool {
     ) || s.starts_with("proxy-")
 }
 
-/// [`hop_by_hop`] for a field name as it came off the wire (any case).
+/// Whether a field name as it came off the wire (any case) is hop-by-hop
+/// by itself: the fixed list of RFC 9110 section 7.6.1 and its
+/// predecessors, and every `Proxy-*` field.
 pub fn hop_by_hop_name(name: &[u8]) -> bool {
     const FIXED: [&[u8]; 6] = [
         b"connection",

@@ -2,8 +2,8 @@
 //! response head it parses (RFC 9112), and how the response body is
 //! delimited, including the chunked coding.
 //!
-//! Pure functions over byte buffers: the I/O is in [`super`] and
-//! [`super::body`].
+//! Pure functions over byte buffers: the I/O is in [`super`] and its
+//! response body, [`super::UpstreamBody`].
 
 use std::mem::MaybeUninit;
 
