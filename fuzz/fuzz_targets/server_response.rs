@@ -17,7 +17,7 @@ fuzz_target!(|data: &[u8]| {
     let mut buf = BytesMut::from(&data[..split]);
     let mut rest = &data[split..];
     let head = loop {
-        match parse_head(&mut buf, &Method::GET, false, 4096) {
+        match parse_head(&mut buf, &Method::GET, 4096) {
             Ok(Some(h)) => break h,
             Ok(None) if !rest.is_empty() => {
                 buf.extend_from_slice(rest);

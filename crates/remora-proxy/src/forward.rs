@@ -59,11 +59,7 @@ pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-p
 /// the fixed list of RFC 9110 section 7.6.1 and its predecessors, and every
 /// `Proxy-*` header.
 fn hop_by_hop(name: &HeaderName) -> bool {
-    let s = name.as_str();
-    matches!(
-        s,
-        "connection" | "keep-alive" | "te" | "trailer" | "transfer-encoding" | "upgrade"
-    ) || s.starts_with("proxy-")
+    hop_by_hop_name(name.as_str().as_bytes())
 }
 
 /// Whether a field name as it came off the wire (any case) is hop-by-hop

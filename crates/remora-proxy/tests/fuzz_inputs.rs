@@ -421,7 +421,7 @@ fn read_response(input: &[u8], step: usize) -> (HeadFacts, Vec<u8>) {
     let mut buf = bytes::BytesMut::new();
     let mut fed = 0;
     let head: Head = loop {
-        match parse_head(&mut buf, &http::Method::GET, false, 4096) {
+        match parse_head(&mut buf, &http::Method::GET, 4096) {
             Ok(Some(h)) => break h,
             Ok(None) if fed < input.len() => {
                 let end = (fed + step).min(input.len());

@@ -518,7 +518,7 @@ async fn exchange(
     // The response head.
     loop {
         if !conn.read_buf.is_empty() || answered {
-            match wire::parse_head(&mut conn.read_buf, method, false, max_head) {
+            match wire::parse_head(&mut conn.read_buf, method, max_head) {
                 Ok(Some(h)) => return Ok((h, complete)),
                 Ok(None) => {}
                 Err(e) => return Err(Failure::Fatal(ForwardError::Protocol(e))),

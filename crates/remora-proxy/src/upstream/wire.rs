@@ -162,12 +162,11 @@ pub fn chunk_header(out: &mut Vec<u8>, len: usize) {
 /// Parses the response head at the start of `buf` and removes it from
 /// `buf`. `Ok(None)`: not complete yet (read more, unless `buf` already
 /// holds `max` bytes: then it is [`WireError::HeadTooLarge`]). Interim
-/// (`1xx`) responses other than `101` are removed and skipped; `upgrade`:
-/// the request asked to switch protocols, so `101` is a final answer.
+/// (`1xx`) responses are removed and skipped; `101` is an error (requests
+/// that ask to switch protocols, WebSocket, do not come this way).
 pub fn parse_head(
     buf: &mut BytesMut,
     method: &Method,
-    upgrade: bool,
     max: usize,
 ) -> Result<Option<Head>, WireError> {
     loop {
@@ -193,8 +192,8 @@ pub fn parse_head(
         let code = resp.code.unwrap_or(0);
         let status =
             StatusCode::from_u16(code).map_err(|_| WireError::Head(httparse::Error::Status))?;
-        if status.is_informational() && !(code == 101 && upgrade) {
-            if code == 101 {
+        if status.is_informational() {
+            if status == StatusCode::SWITCHING_PROTOCOLS {
                 return Err(WireError::UnexpectedSwitch);
             }
             buf.advance(len);
@@ -328,7 +327,6 @@ impl<'a> Fields<'a> {
         if *method == Method::HEAD
             || status == StatusCode::NO_CONTENT
             || status == StatusCode::NOT_MODIFIED
-            || status == StatusCode::SWITCHING_PROTOCOLS
         {
             return (Framing::Empty, reusable);
         }
@@ -481,7 +479,7 @@ mod tests {
 
     fn head(text: &str, method: &Method) -> Result<Option<Head>, WireError> {
         let mut buf = BytesMut::from(text.as_bytes());
-        parse_head(&mut buf, method, false, 1024)
+        parse_head(&mut buf, method, 1024)
     }
 
     #[test]
@@ -547,9 +545,7 @@ mod tests {
         let mut buf = BytesMut::from(
             &b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n\r\nhello"[..],
         );
-        let h = parse_head(&mut buf, &Method::GET, false, 1024)
-            .unwrap()
-            .unwrap();
+        let h = parse_head(&mut buf, &Method::GET, 1024).unwrap().unwrap();
         assert_eq!(h.status, StatusCode::OK);
         assert_eq!(h.framing, Framing::Length(5));
         assert!(h.keep_alive);
