@@ -237,4 +237,18 @@ fn main() {
     .map(|r| r.to_vec())
     .collect();
     write("server_response", &responses);
+
+    let requests: Vec<Vec<u8>> = [
+        &b"GET /index.html?q=1 HTTP/1.1\r\nHost: example.test\r\nUser-Agent: wrk\r\nCookie: REMORA_AFFINITY=abc; a=b\r\n\r\n"[..],
+        b"POST /cart HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\nhello",
+        b"PUT /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n3;ext=1\r\nabc\r\n0\r\nx-sum: 8\r\n\r\n",
+        b"\r\nGET http://example.test/a HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+        b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\nGET /next HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /chat HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        b"DELETE /x HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nX-Obs: caf\xc3\xa9\r\n\r\n",
+    ]
+    .iter()
+    .map(|r| r.to_vec())
+    .collect();
+    write("client_request", &requests);
 }

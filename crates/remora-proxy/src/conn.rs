@@ -4,10 +4,10 @@
 //! Idle HTTP/1.1 keep-alive connections are *parked*: once a connection has
 //! had no request in flight and no bytes moving for `park_after` (see
 //! [`Limits`]), or right after its first answer when the client sends
-//! nothing more, its hyper connection (and its read and write buffers,
-//! 16 KiB), its context and its kept server connection are dropped and the
-//! socket alone waits for the next request, which starts a fresh hyper
-//! connection. Many idle clients then cost well under 1 KB of heap each: the
+//! nothing more, its HTTP/1.1 state ([`crate::h1`]: its read and write
+//! buffers), its context and its kept server connection are dropped and the
+//! socket alone waits for the next request, which starts a fresh active
+//! phase. Many idle clients then cost well under 1 KB of heap each: the
 //! connection's task (its future is `serve`'s, about 400 bytes while
 //! parked, in a 512-byte task cell), the socket's reactor entry (256 bytes),
 //! the stream's box and its activity stamp.
@@ -16,7 +16,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -96,8 +96,8 @@ pub(crate) async fn start(
 
 /// Serves one accepted connection until the client leaves, the idle
 /// timeout, or drain: `opening` (boxed [`start`]) opens it and serves
-/// HTTP/2; an HTTP/1.1 connection then alternates active phases (a hyper
-/// connection, boxed) and parked waits (the socket alone). `accepted` (the
+/// HTTP/2; an HTTP/1.1 connection then alternates active phases
+/// ([`crate::h1::serve`], boxed) and parked waits (the socket alone). `accepted` (the
 /// connection's counters and permit) is released at the end.
 ///
 /// The returned future is the bulk of the connection's task and stays
@@ -143,7 +143,7 @@ where
                 true,
             ));
             let limits = &lst.config.limits;
-            let phase = run_h1(accepted.shared(), ctx, io, limits, &mut shutdown, eager);
+            let phase = crate::h1::serve(accepted.shared(), ctx, io, limits, &mut shutdown, eager);
             let Some(back) = Box::pin(phase).await else {
                 return;
             };
@@ -240,13 +240,6 @@ fn tick_for(d: Duration) -> Duration {
     (d / 4).clamp(Duration::from_millis(25), Duration::from_secs(5))
 }
 
-enum H1End {
-    /// The client closed, an error, or we closed (idle timeout, drain).
-    Closed,
-    /// Parked: wait for the next request without a hyper connection.
-    Park,
-}
-
 /// How a parked connection woke.
 enum Wake {
     /// The client sent bytes: they are the stream's prefix.
@@ -314,144 +307,6 @@ impl Drop for Parked<'_> {
     }
 }
 
-/// One active HTTP/1.1 phase: a hyper connection serves requests until the
-/// connection closes (`None`) or goes quiet for `park_after` (the stream
-/// comes back, to be parked).
-///
-/// `eager` (the connection's first phase): park as soon as a request has
-/// been answered and the client has sent nothing more, without waiting for
-/// `park_after`. Many clients open a connection, send one request and then
-/// stay silent (a burst of new visitors, a browser's spare connections);
-/// parking them at once keeps their buffers from piling up. A client that
-/// keeps sending pays one park and wake, then gets `park_after`.
-async fn run_h1(
-    shared: &Arc<Shared>,
-    ctx: Arc<ConnCtx>,
-    io: ClientIo,
-    limits: &Limits,
-    shutdown: &mut tokio::sync::watch::Receiver<bool>,
-    eager: bool,
-) -> Option<ClientIo> {
-    let activity = io.activity.clone();
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    // No hyper header-read timer (one boxed timer armed per request): the
-    // quiet timer below enforces `header_read_timeout` from the activity
-    // stamp instead, across parked and active phases alike.
-    builder
-        .max_buf_size(limits.max_header_bytes.max(8192))
-        .keep_alive(true);
-    let head_limit = limits.header_read_timeout;
-    let idle = limits.idle_timeout;
-    let svc_shared = shared.clone();
-    let svc_ctx = ctx.clone();
-    let svc =
-        service_fn(move |req| Box::pin(proxy::handle(svc_shared.clone(), svc_ctx.clone(), req)));
-    let mut conn = builder.serve_connection(TokioIo::new(io), svc);
-    let park_after = limits.park_after;
-    // One timer, armed for the moment the connection would have been quiet
-    // for `park_after` (or `idle_timeout`): a busy connection costs one
-    // wake-up per `park_after`, not one per tick.
-    let first = park_after.min(idle);
-    // While a request is in flight the timer also fires its server-timeout
-    // deadline (`ctx.watch`), so it wakes at least this often then.
-    let busy_wait = first
-        .min(limits.server_timeout / 8)
-        .max(Duration::from_millis(1));
-    let quiet_timer = tokio::time::sleep(first);
-    tokio::pin!(quiet_timer);
-    let mut closing = false;
-    let mut parking = false;
-    let end = loop {
-        tokio::select! {
-            r = std::future::poll_fn(|cx| {
-                let r = conn.poll_without_shutdown(cx);
-                if r.is_pending()
-                    && eager
-                    && !parking
-                    && !closing
-                    && activity.read_blocked()
-                    && ctx.answered.load(Ordering::Relaxed) > 0
-                    && ctx.inflight.load(Ordering::Relaxed) == 0
-                {
-                    // Answered, and the client is silent: park now.
-                    return Poll::Ready(None);
-                }
-                r.map(Some)
-            }) => {
-                match r {
-                    None => {
-                        Pin::new(&mut conn).graceful_shutdown();
-                        parking = true;
-                    }
-                    Some(r) => break match r {
-                        Err(e) => {
-                            tracing::debug!(client = %ctx.client.addr, error = %e, "connection ended with error");
-                            H1End::Closed
-                        }
-                        Ok(()) if parking && !closing => H1End::Park,
-                        Ok(()) => H1End::Closed,
-                    },
-                }
-            }
-            _ = shutdown.changed(), if !closing => {
-                Pin::new(&mut conn).graceful_shutdown();
-                closing = true;
-            }
-            () = &mut quiet_timer, if !closing => {
-                let pending = ctx.watch.as_ref().and_then(|w| w.check(Instant::now()));
-                let busy = ctx.inflight.load(Ordering::Relaxed) > 0;
-                let quiet = activity.idle_for();
-                let head_wait = activity.head_wait();
-                if head_wait.is_some_and(|w| w >= head_limit) && (quiet < park_after || parking) {
-                    // Bytes keep trickling and no complete head: slowloris.
-                    tracing::debug!(client = %ctx.client.addr, "request head not complete within header_read_timeout");
-                    break H1End::Closed;
-                }
-                if parking {
-                    // Waiting for hyper to let go of a quiet connection.
-                    quiet_timer.as_mut().reset(tokio::time::Instant::now() + first);
-                } else if !busy && quiet >= idle {
-                    Pin::new(&mut conn).graceful_shutdown();
-                    closing = true;
-                } else if !busy && quiet >= park_after {
-                    Pin::new(&mut conn).graceful_shutdown();
-                    parking = true;
-                } else {
-                    let mut wait = if busy { busy_wait } else { first.saturating_sub(quiet) };
-                    if let Some(w) = head_wait {
-                        wait = wait.min(head_limit.saturating_sub(w));
-                    }
-                    if let Some(deadline) = pending {
-                        wait = wait.min(deadline.saturating_duration_since(Instant::now()));
-                    }
-                    quiet_timer
-                        .as_mut()
-                        .reset(tokio::time::Instant::now() + wait.max(Duration::from_millis(1)));
-                }
-            }
-        }
-    };
-    let parts = conn.into_parts();
-    let mut back = parts.io.into_inner();
-    back.prepend(parts.read_buf);
-    // A WebSocket handler that answered 101 takes the stream.
-    if let Some(tx) = ctx.upgrade.lock().take() {
-        let _ = tx.send(back);
-        return None;
-    }
-    match end {
-        H1End::Closed => {
-            let _ = tokio::io::AsyncWriteExt::shutdown(&mut back).await;
-            None
-        }
-        H1End::Park => {
-            // A parked connection holds no server connection.
-            ctx.upstream.release();
-            Some(back)
-        }
-    }
-}
-
 /// Last time bytes moved on a connection.
 #[derive(Debug)]
 pub struct Activity {
@@ -460,8 +315,6 @@ pub struct Activity {
     /// Since when (ms after `epoch`) the connection has been waiting for a
     /// complete request head; [`NOT_WAITING`] while a request is in flight.
     head_wait_ms: AtomicU64,
-    /// The last read of the client stream found nothing to read.
-    read_blocked: AtomicBool,
 }
 
 /// [`Activity::head_wait_ms`] while a request is in flight.
@@ -480,7 +333,6 @@ impl Activity {
             epoch: Instant::now(),
             last_ms: AtomicU64::new(0),
             head_wait_ms: AtomicU64::new(0),
-            read_blocked: AtomicBool::new(false),
         }
     }
 
@@ -506,15 +358,9 @@ impl Activity {
     /// How long the connection has been waiting for a complete request
     /// head (`None`: a request is in flight). Counted across active
     /// phases, so a client cannot reset it by pausing.
-    fn head_wait(&self) -> Option<Duration> {
+    pub(crate) fn head_wait(&self) -> Option<Duration> {
         let since = self.head_wait_ms.load(Ordering::Relaxed);
         (since != NOT_WAITING).then(|| Duration::from_millis(self.now_ms().saturating_sub(since)))
-    }
-
-    /// Whether the last read of the client stream found nothing to read
-    /// (the client is waiting for us, or has nothing more to say).
-    fn read_blocked(&self) -> bool {
-        self.read_blocked.load(Ordering::Relaxed)
     }
 
     /// Time since bytes last moved.
@@ -529,9 +375,9 @@ impl Activity {
 /// A client stream: bytes already read (replayed first), the stream, and
 /// its activity stamp.
 pub struct ClientIo {
-    prefix: Bytes,
+    pub(crate) prefix: Bytes,
     inner: Box<dyn Io>,
-    activity: Arc<Activity>,
+    pub(crate) activity: Arc<Activity>,
 }
 
 impl std::fmt::Debug for ClientIo {
@@ -539,20 +385,6 @@ impl std::fmt::Debug for ClientIo {
         f.debug_struct("ClientIo")
             .field("prefix", &self.prefix.len())
             .finish_non_exhaustive()
-    }
-}
-
-impl ClientIo {
-    fn prepend(&mut self, mut more: Bytes) {
-        if more.is_empty() {
-            return;
-        }
-        if !self.prefix.is_empty() {
-            let mut v = more.to_vec();
-            v.extend_from_slice(&self.prefix);
-            more = Bytes::from(v);
-        }
-        self.prefix = more;
     }
 }
 
@@ -571,12 +403,8 @@ impl AsyncRead for ClientIo {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         match r {
-            Poll::Ready(Ok(())) if buf.filled().len() > before => {
-                self.activity.touch();
-                self.activity.read_blocked.store(false, Ordering::Relaxed);
-            }
-            Poll::Pending => self.activity.read_blocked.store(true, Ordering::Relaxed),
-            Poll::Ready(_) => {}
+            Poll::Ready(Ok(())) if buf.filled().len() > before => self.activity.touch(),
+            _ => {}
         }
         r
     }
@@ -620,18 +448,20 @@ impl AsyncWrite for ClientIo {
     }
 }
 
+/// A client stream over `inner`, for tests.
+#[cfg(test)]
+pub(crate) fn client_io(inner: tokio::io::DuplexStream) -> ClientIo {
+    ClientIo {
+        prefix: Bytes::new(),
+        inner: Box::new(inner),
+        activity: Arc::new(Activity::new()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt;
-
-    fn client_io(inner: tokio::io::DuplexStream) -> ClientIo {
-        ClientIo {
-            prefix: Bytes::new(),
-            inner: Box::new(inner),
-            activity: Arc::new(Activity::new()),
-        }
-    }
 
     /// Parks `io` with an idle timeout of `idle`, watching `rx` for drain.
     async fn park(

@@ -15,7 +15,6 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
-use hyper::body::Incoming;
 
 /// Any boxed error.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -321,17 +320,17 @@ pub fn header_bytes(h: &HeaderMap, uri: &Uri) -> usize {
 
 pin_project_lite::pin_project! {
     /// A request body that fails once it exceeds `limit` bytes and raises a flag.
-    pub struct LimitedBody {
+    pub struct LimitedBody<B> {
         #[pin]
-        inner: Incoming,
+        inner: B,
         remaining: u64,
         exceeded: Arc<AtomicBool>,
     }
 }
 
-impl LimitedBody {
+impl<B> LimitedBody<B> {
     /// Wraps `inner`; `exceeded` becomes `true` if more than `limit` bytes arrive.
-    pub fn new(inner: Incoming, limit: u64, exceeded: Arc<AtomicBool>) -> Self {
+    pub fn new(inner: B, limit: u64, exceeded: Arc<AtomicBool>) -> Self {
         LimitedBody {
             inner,
             remaining: limit,
@@ -345,7 +344,11 @@ impl LimitedBody {
 #[error("request body larger than max_body_bytes")]
 pub struct BodyTooLarge;
 
-impl Body for LimitedBody {
+impl<B> Body for LimitedBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
     type Data = Bytes;
     type Error = BoxError;
 
@@ -366,7 +369,7 @@ impl Body for LimitedBody {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }

@@ -8,6 +8,7 @@ pub mod affinity;
 pub mod config;
 pub mod conn;
 pub mod forward;
+pub mod h1;
 pub mod health;
 pub mod listener;
 pub mod metrics;

@@ -10,9 +10,7 @@ use std::time::{Instant, SystemTime};
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
-use http_body::Body as _;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 
 use crate::affinity::{Decision, OpenedCookie, Outcome};
 use crate::conn::{Activity, ClientIo};
@@ -24,6 +22,7 @@ use crate::metrics::{AffinityLabels, RequestLabels};
 use crate::pool::{Pool, Server};
 use crate::select::RequestKey;
 use crate::serve::Shared;
+use crate::upstream::wire::RawFields;
 use crate::upstream::{self, ForwardError};
 use crate::{route, websocket};
 use prometheus_client::metrics::counter::Counter;
@@ -47,7 +46,7 @@ pub struct ConnCtx {
     /// Requests received on this context (its active phase) so far.
     pub answered: AtomicUsize,
     /// Set by the WebSocket handler with its `101`: receives the client
-    /// stream once hyper has finished with it.
+    /// stream once the `101` has been written.
     pub upgrade: parking_lot::Mutex<Option<tokio::sync::oneshot::Sender<ClientIo>>>,
     /// The server connection this client connection's requests reuse.
     pub upstream: Arc<upstream::Slot>,
@@ -59,6 +58,13 @@ pub struct ConnCtx {
 }
 
 impl ConnCtx {
+    /// Whether server responses go to this client with their fields as the
+    /// server wrote them ([`RawHead`]): an HTTP/1.1 connection, served by
+    /// [`crate::h1`]. HTTP/2 needs them in a map.
+    pub fn writes_raw_fields(&self) -> bool {
+        self.watch.is_some()
+    }
+
     /// A context for a connection accepted on `listen` from `client`, with
     /// nothing in flight, no kept server connection and no cached counters.
     /// `watched`: an HTTP/1.1 connection, whose quiet timer enforces the
@@ -176,12 +182,27 @@ impl RequestInfo {
     }
 }
 
-/// Handles one request (the hyper service function).
-pub async fn handle(
+/// What a client's request body may be: hyper's (HTTP/2) or Remora's own
+/// HTTP/1.1 connection's ([`crate::h1`]).
+pub trait RequestBody:
+    http_body::Body<Data = bytes::Bytes, Error: Into<forward::BoxError>> + Send + Sync + 'static
+{
+}
+
+impl<B> RequestBody for B where
+    B: http_body::Body<Data = bytes::Bytes, Error: Into<forward::BoxError>> + Send + Sync + 'static
+{
+}
+
+/// Handles one request (the service function of a client connection).
+pub async fn handle<B>(
     shared: Arc<Shared>,
     ctx: Arc<ConnCtx>,
-    req: Request<Incoming>,
-) -> Result<Response<ResponseBody>, Infallible> {
+    req: Request<B>,
+) -> Result<Response<ResponseBody>, Infallible>
+where
+    B: RequestBody,
+{
     ctx.inflight.fetch_add(1, Ordering::Relaxed);
     ctx.answered.fetch_add(1, Ordering::Relaxed);
     ctx.activity.head_arrived();
@@ -191,7 +212,7 @@ pub async fn handle(
     let path: Option<String> = tracing::enabled!(target: "remora::access", tracing::Level::INFO)
         .then(|| req.uri().path().chars().take(256).collect());
     let mut info = RequestInfo::default();
-    let resp = proxy(&shared, &ctx, req, &mut info).await;
+    let Reply { resp, raw } = proxy(&shared, &ctx, req, &mut info).await;
     let status = resp.status();
     let elapsed = start.elapsed();
     let server = info.server_name();
@@ -223,6 +244,7 @@ pub async fn handle(
     );
     Ok(resp.map(move |inner| ResponseBody {
         inner,
+        raw,
         _guard: guard,
     }))
 }
@@ -233,7 +255,43 @@ pin_project_lite::pin_project! {
     pub struct ResponseBody {
         #[pin]
         inner: ProxyBody,
+        raw: Option<RawHead>,
         _guard: InflightGuard,
+    }
+}
+
+impl ResponseBody {
+    /// The server's fields as they came, for a client on HTTP/1.1, when
+    /// the response is a server's (the response's `HeaderMap` is then
+    /// empty).
+    pub fn take_raw(&mut self) -> Option<RawHead> {
+        self.raw.take()
+    }
+}
+
+/// A server's response head as an HTTP/1.1 client gets it: the server's
+/// end-to-end fields as they came, then `Via` and the affinity cookie.
+#[derive(Debug)]
+pub struct RawHead {
+    /// The server's end-to-end fields.
+    pub fields: RawFields,
+    /// The affinity cookie to set, if any.
+    pub set_cookie: Option<HeaderValue>,
+}
+
+/// The `Via` entry Remora adds to responses.
+pub const VIA: &str = "1.1 remora";
+
+/// What [`proxy`] answers: a response, and for an HTTP/1.1 client the
+/// server's head as it came ([`RawHead`]; the response's map is empty).
+struct Reply {
+    resp: Response<ProxyBody>,
+    raw: Option<RawHead>,
+}
+
+impl From<Response<ProxyBody>> for Reply {
+    fn from(resp: Response<ProxyBody>) -> Self {
+        Reply { resp, raw: None }
     }
 }
 
@@ -265,7 +323,7 @@ pub fn no_server(reason: &str) -> Response<ProxyBody> {
     r
 }
 
-fn content_length(req: &Request<Incoming>) -> Option<u64> {
+fn content_length<B>(req: &Request<B>) -> Option<u64> {
     req.headers()
         .get(header::CONTENT_LENGTH)?
         .to_str()
@@ -275,33 +333,34 @@ fn content_length(req: &Request<Incoming>) -> Option<u64> {
         .ok()
 }
 
-async fn proxy(
+async fn proxy<B: RequestBody>(
     shared: &Arc<Shared>,
     ctx: &ConnCtx,
-    req: Request<Incoming>,
+    req: Request<B>,
     info: &mut RequestInfo,
-) -> Response<ProxyBody> {
+) -> Reply {
     let rt = shared.runtime.load_full();
     let Some(lst) = rt.listeners.get(&ctx.listen).cloned() else {
-        return no_server("listener closed\n");
+        return no_server("listener closed\n").into();
     };
     let limits = &lst.config.limits;
     if header_bytes(req.headers(), req.uri()) > limits.max_header_bytes {
         return local(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "request header fields too large\n",
-        );
+        )
+        .into();
     }
     if content_length(&req).is_some_and(|n| n > limits.max_body_bytes) {
-        return local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
+        return local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n").into();
     }
     if req.method() == http::Method::CONNECT {
-        return local(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not supported\n");
+        return local(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not supported\n").into();
     }
     let host = request_host(&req);
     let pool_name = route::pool_for(&lst.config, host.as_deref(), req.uri().path());
     let Some(pool) = rt.pools.get(pool_name).cloned() else {
-        return no_server("no such pool\n");
+        return no_server("no such pool\n").into();
     };
     info.pool = Some(pool.clone());
     let key =
@@ -323,28 +382,30 @@ async fn proxy(
     };
     info.outcome = decision.outcome();
     if decision.is_refused() {
-        return no_server("pinned server unavailable (strict affinity)\n");
+        return no_server("pinned server unavailable (strict affinity)\n").into();
     }
     if decision.candidates().is_empty() {
-        return no_server("no server available\n");
+        return no_server("no server available\n").into();
     }
     if websocket::is_upgrade(&req) {
-        return websocket::proxy(ctx, &pool, decision, req, host, info, limits).await;
+        return websocket::proxy(ctx, &pool, decision, req, host, info, limits)
+            .await
+            .into();
     }
     forward_with_retries(shared, ctx, &pool, decision, req, host, info, limits).await
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn forward_with_retries(
+async fn forward_with_retries<B: RequestBody>(
     shared: &Arc<Shared>,
     ctx: &ConnCtx,
     pool: &Arc<Pool>,
     mut decision: Decision,
-    req: Request<Incoming>,
+    req: Request<B>,
     host: Option<String>,
     info: &mut RequestInfo,
     limits: &crate::config::Limits,
-) -> Response<ProxyBody> {
+) -> Reply {
     let declared = content_length(&req);
     let (parts, body) = req.into_parts();
     let body_empty = body.is_end_stream();
@@ -352,7 +413,7 @@ async fn forward_with_retries(
     let client_version = parts.version;
     let client_length = parts.headers.contains_key(header::CONTENT_LENGTH);
     let Some(target) = forward::origin_target(&parts.uri) else {
-        return local(StatusCode::BAD_REQUEST, "bad request target\n");
+        return local(StatusCode::BAD_REQUEST, "bad request target\n").into();
     };
     // Raised by the body when it grows past `max_body_bytes` (no body, no flag).
     let exceeded: Option<Arc<AtomicBool>> = (!body_empty).then(Arc::default);
@@ -371,10 +432,14 @@ async fn forward_with_retries(
         match tokio::time::timeout(limits.header_read_timeout, b.collect()).await {
             Ok(Ok(collected)) => replay = Some(collected.to_bytes()),
             Ok(Err(_)) if too_large() => {
-                return local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
+                return local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n").into();
             }
-            Ok(Err(_)) => return local(StatusCode::BAD_REQUEST, "request body ended early\n"),
-            Err(_) => return local(StatusCode::REQUEST_TIMEOUT, "request body too slow\n"),
+            Ok(Err(_)) => {
+                return local(StatusCode::BAD_REQUEST, "request body ended early\n").into();
+            }
+            Err(_) => {
+                return local(StatusCode::REQUEST_TIMEOUT, "request body too slow\n").into();
+            }
         }
     }
     let health = &pool.config.health;
@@ -382,7 +447,7 @@ async fn forward_with_retries(
     let mut attempt = 0u32;
     loop {
         let Some(server) = decision.server().and_then(|i| pool.servers.get(i)).cloned() else {
-            return no_server("no server available\n");
+            return no_server("no server available\n").into();
         };
         info.server = Some(server.clone());
         let next = match &replay {
@@ -418,9 +483,9 @@ async fn forward_with_retries(
             max_head: limits.max_response_header_bytes,
         };
         match upstream::send(&ctx.upstream, &server.address, up, opts, ctx.watch.as_ref()).await {
-            Ok(resp) => {
+            Ok(answer) => {
                 server.live.stats.observe_latency(t0.elapsed());
-                if resp.status().is_server_error() {
+                if answer.status.is_server_error() {
                     if server.record_failure(health.passive_fall, health.passive_backoff) {
                         tracing::warn!(
                             pool = pool.name(),
@@ -431,39 +496,50 @@ async fn forward_with_retries(
                 } else {
                     server.record_success();
                 }
-                let idx = server.index;
-                let (mut rp, rbody) = resp.into_parts();
                 let set_cookie = pool.affinity.on_response(
                     &decision,
-                    idx,
+                    server.index,
                     pool.entries(),
-                    &rp.headers,
+                    &answer.fields,
                     SystemTime::now(),
                 );
-                // Hop-by-hop fields were left out when the head was read.
-                append_list(
-                    &mut rp.headers,
-                    header::VIA,
-                    HeaderValue::from_static("1.1 remora"),
-                );
-                if let Some(c) = set_cookie {
-                    rp.headers.append(header::SET_COOKIE, c);
+                let body = answer.body.with_guard(guard).boxed();
+                let mut resp = Response::new(body);
+                *resp.status_mut() = answer.status;
+                *resp.version_mut() = answer.version;
+                if ctx.writes_raw_fields() {
+                    // Written as they came, with this hop's fields added
+                    // then ([`crate::h1`]).
+                    let raw = RawHead {
+                        fields: answer.fields,
+                        set_cookie,
+                    };
+                    return Reply {
+                        resp,
+                        raw: Some(raw),
+                    };
                 }
-                let body = rbody.with_guard(guard).boxed();
-                return Response::from_parts(rp, body);
+                // Hop-by-hop fields were left out when the head was read.
+                let headers = resp.headers_mut();
+                *headers = answer.fields.to_header_map();
+                append_list(headers, header::VIA, HeaderValue::from_static(VIA));
+                if let Some(c) = set_cookie {
+                    headers.append(header::SET_COOKIE, c);
+                }
+                return resp.into();
             }
             Err(e) => {
                 drop(guard);
                 if too_large() {
-                    return local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
+                    return local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n").into();
                 }
                 if let ForwardError::Body(e) = &e {
                     tracing::debug!(pool = pool.name(), server = server.name(), error = %e, "request body failed");
-                    return local(StatusCode::BAD_REQUEST, "request body ended early\n");
+                    return local(StatusCode::BAD_REQUEST, "request body ended early\n").into();
                 }
                 if matches!(e, ForwardError::Timeout) {
                     tracing::warn!(pool = pool.name(), server = server.name(), "server timeout");
-                    return local(StatusCode::GATEWAY_TIMEOUT, "server timeout\n");
+                    return local(StatusCode::GATEWAY_TIMEOUT, "server timeout\n").into();
                 }
                 let connect = matches!(e, ForwardError::Connect(_));
                 if server.record_failure(health.passive_fall, health.passive_backoff) {
@@ -475,9 +551,9 @@ async fn forward_with_retries(
                 tracing::debug!(pool = pool.name(), server = server.name(), error = %crate::admin::error_chain(&e), can_retry, "forward failed");
                 if !can_retry {
                     return if connect {
-                        no_server("no server reachable\n")
+                        no_server("no server reachable\n").into()
                     } else {
-                        local(StatusCode::BAD_GATEWAY, "bad gateway\n")
+                        local(StatusCode::BAD_GATEWAY, "bad gateway\n").into()
                     };
                 }
                 shared
@@ -496,7 +572,7 @@ async fn forward_with_retries(
                 );
                 info.outcome = decision.outcome();
                 if decision.is_refused() {
-                    return no_server("pinned server unavailable (strict affinity)\n");
+                    return no_server("pinned server unavailable (strict affinity)\n").into();
                 }
             }
         }

@@ -8,7 +8,6 @@ use std::time::{Instant, SystemTime};
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
@@ -30,11 +29,11 @@ pub fn is_upgrade<B>(req: &Request<B>) -> bool {
 
 /// Proxies a WebSocket handshake and, on `101`, splices the two connections.
 #[allow(clippy::too_many_arguments)]
-pub async fn proxy(
+pub async fn proxy<B>(
     ctx: &ConnCtx,
     pool: &Arc<Pool>,
     mut decision: Decision,
-    req: Request<Incoming>,
+    req: Request<B>,
     host: Option<String>,
     info: &mut RequestInfo,
     limits: &Limits,
@@ -137,8 +136,8 @@ pub async fn proxy(
         return Response::from_parts(rp, body.map_err(|e| Box::new(e) as BoxError).boxed());
     }
     let server_upgrade = hyper::upgrade::on(&mut resp);
-    // The client stream comes back from the connection loop once hyper has
-    // written the 101 (see `conn`).
+    // The client stream comes back from the connection loop once it has
+    // written the 101 (see `h1`).
     let (tx, client_stream) = tokio::sync::oneshot::channel();
     *ctx.upgrade.lock() = Some(tx);
     let tunnel_guard = server.live.stats.open_connection();

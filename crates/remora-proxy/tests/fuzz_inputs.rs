@@ -1,11 +1,12 @@
 //! Stable fuzz harness for the proxy's untrusted-input parsers, run by
 //! `cargo test`: the configuration parser ([`Config::parse`]), the sealed
 //! affinity cookie opener ([`CookieRecord::open`]), the PROXY protocol
-//! v1/v2 parsers, and a server's response as the proxy's HTTP/1.1 client
-//! reads it ([`parse_head`], [`Chunked`]). The `cargo fuzz` targets
-//! `config_parse`, `affinity_cookie`, `proxy_protocol` and
-//! `server_response` (see `docs/fuzzing.md`) explore the same functions
-//! without a case limit.
+//! v1/v2 parsers, a server's response as the proxy's HTTP/1.1 client
+//! reads it ([`parse_head`], [`Chunked`]), and a client's request as the
+//! proxy's HTTP/1.1 server side reads it ([`parse_request`]). The
+//! `cargo fuzz` targets `config_parse`, `affinity_cookie`,
+//! `proxy_protocol`, `server_response` and `client_request` (see
+//! `docs/fuzzing.md`) explore the same functions without a case limit.
 //!
 //! Inputs are structured mutations of valid inputs from a fixed seed, so
 //! every run is the same and a failure names its case number.
@@ -16,6 +17,7 @@ use std::time::{Duration, Instant};
 use futures_util::FutureExt;
 use remora_proxy::affinity::cookie::{self, CookieRecord, MAX_SERVER_NAME};
 use remora_proxy::config::{Config, ConfigError};
+use remora_proxy::h1::head::{BodyFraming, parse as parse_request, skip_empty_lines};
 use remora_proxy::proxy_protocol::{
     MAX_V1_LEN, MAX_V2_PAYLOAD, ProxiedAddr, V2_SIGNATURE, parse_v1, parse_v2, read_header,
 };
@@ -449,7 +451,7 @@ fn read_response(input: &[u8], step: usize) -> (HeadFacts, Vec<u8>) {
             }
         }
     }
-    let facts = (head.status.as_u16(), head.framing, head.headers.len());
+    let facts = (head.status.as_u16(), head.framing, head.fields.len());
     (Ok(Some(facts)), body)
 }
 
@@ -505,4 +507,141 @@ fn fuzz_server_response() {
         }
     }
     assert!(parsed > 3_000, "only {parsed} mutants parsed to a head");
+}
+
+// -------------------------------------------------------- client requests
+
+fn request_seeds() -> Vec<Vec<u8>> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/seeds/client_request");
+    let mut seeds: Vec<Vec<u8>> = std::fs::read_dir(&dir)
+        .expect("fuzz/seeds/client_request")
+        .map(|e| std::fs::read(e.expect("entry").path()).expect("seed"))
+        .collect();
+    seeds.sort();
+    seeds
+}
+
+/// What a request head said: method, target, framing, fields, keep-alive
+/// (`None`: not complete), or the refusal's status and error.
+type RequestFacts = Result<Option<(String, String, BodyFraming, usize, bool)>, (u16, String)>;
+
+/// Reads a head from `input` fed in pieces of `step` bytes, as the
+/// connection does (empty lines between requests skipped), then decodes a
+/// chunked body: what was parsed, and the body bytes decoded.
+fn read_request(input: &[u8], step: usize) -> (RequestFacts, Vec<u8>) {
+    let mut buf = bytes::BytesMut::new();
+    let mut fed = 0;
+    let head = loop {
+        skip_empty_lines(&mut buf);
+        match parse_request(&mut buf, 4096) {
+            Ok(Some(h)) => break h,
+            Ok(None) if fed < input.len() => {
+                let end = (fed + step).min(input.len());
+                buf.extend_from_slice(&input[fed..end]);
+                fed = end;
+            }
+            Ok(None) => return (Ok(None), Vec::new()),
+            Err(e) => return (Err((e.status().as_u16(), e.to_string())), Vec::new()),
+        }
+    };
+    buf.extend_from_slice(&input[fed..]);
+    let mut body = Vec::new();
+    match head.body {
+        BodyFraming::Chunked => {
+            let mut state = Chunked::Size;
+            loop {
+                match state.decode(&mut buf, 4096) {
+                    Ok(Decoded::Data(d)) => {
+                        assert!(!d.is_empty(), "an empty data frame");
+                        body.extend_from_slice(&d);
+                    }
+                    Ok(_)
+                    | Err(WireError::ChunkSize | WireError::ChunkEnd | WireError::Trailers) => {
+                        break;
+                    }
+                    Err(e) => panic!("unexpected body error {e}"),
+                }
+            }
+        }
+        BodyFraming::Length(n) => assert!(n > 0, "an empty body is framed as Empty"),
+        BodyFraming::Empty => {}
+    }
+    let r = &head.request;
+    assert!(!r.uri().to_string().is_empty(), "an empty target");
+    let facts = (
+        r.method().to_string(),
+        r.uri().to_string(),
+        head.body,
+        r.headers().len(),
+        head.keep_alive,
+    );
+    (Ok(Some(facts)), body)
+}
+
+#[test]
+fn fuzz_client_request() {
+    let seeds = request_seeds();
+    assert!(seeds.len() >= 5, "seeds missing");
+    for s in &seeds {
+        let (r, _) = read_request(s, s.len());
+        assert!(matches!(r, Ok(Some(_))), "seed refused: {r:?} {s:?}");
+    }
+    let dict: &[&[u8]] = &[
+        b"GET ",
+        b"POST ",
+        b" HTTP/1.1\r\n",
+        b" HTTP/1.0\r\n",
+        b" HTTP/2.0\r\n",
+        b"\r\n",
+        b"\r\n\r\n",
+        b"Content-Length: ",
+        b"Transfer-Encoding: chunked\r\n",
+        b"Transfer-Encoding: gzip\r\n",
+        b"Connection: close\r\n",
+        b"Expect: 100-continue\r\n",
+        b" \t",
+        b"ffffffffffffffff",
+        b"18446744073709551616",
+        b"0\r\n\r\n",
+        b"http://",
+        b"\x80\xff",
+        b"\x00",
+    ];
+    let mut g = Gen::new(0x00C1_1E47);
+    let mut parsed = 0usize;
+    let mut refused = 0usize;
+    for case in 0..30_000 {
+        let input = g.mutate(&seeds, dict);
+        let started = Instant::now();
+        let (whole, body) = read_request(&input, input.len().max(1));
+        // The same bytes in small pieces give the same answer.
+        let step = 1 + g.below(7);
+        let (pieces, pieces_body) = read_request(&input, step);
+        assert_eq!(
+            whole, pieces,
+            "case {case}: split at {step} differs: {input:?}"
+        );
+        assert_eq!(
+            body, pieces_body,
+            "case {case}: body differs when split: {input:?}"
+        );
+        assert!(
+            started.elapsed() < SLOW,
+            "case {case} took {:?}",
+            started.elapsed()
+        );
+        match whole {
+            Ok(Some(_)) => parsed += 1,
+            Err((status, _)) => {
+                assert!(
+                    [400, 431, 501, 505].contains(&status),
+                    "case {case}: refused with {status}"
+                );
+                refused += 1;
+            }
+            Ok(None) => {}
+        }
+    }
+    assert!(parsed > 3_000, "only {parsed} mutants parsed to a head");
+    assert!(refused > 1_000, "only {refused} mutants refused");
 }

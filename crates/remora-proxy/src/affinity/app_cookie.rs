@@ -3,6 +3,8 @@
 
 use http::HeaderMap;
 
+use crate::upstream::wire::RawFields;
+
 /// Longest application cookie value that is learned or looked up.
 pub const MAX_APP_COOKIE_VALUE: usize = 4096;
 
@@ -15,13 +17,36 @@ pub struct Learned<'h> {
     pub deleted: bool,
 }
 
+/// A response's header fields, as far as learning cookies goes: a map,
+/// or the fields as a server wrote them ([`RawFields`]).
+pub trait SetCookies {
+    /// The values of its `Set-Cookie` fields, in order.
+    fn set_cookies(&self) -> impl Iterator<Item = &[u8]>;
+}
+
+impl SetCookies for HeaderMap {
+    fn set_cookies(&self) -> impl Iterator<Item = &[u8]> {
+        self.get_all(http::header::SET_COOKIE)
+            .iter()
+            .map(|v| v.as_bytes())
+    }
+}
+
+impl SetCookies for RawFields {
+    fn set_cookies(&self) -> impl Iterator<Item = &[u8]> {
+        self.get_all(b"set-cookie")
+    }
+}
+
 /// The `Set-Cookie` headers of `headers` that set cookie `name`. Malformed
 /// and non-UTF-8 headers are skipped; never panics.
-pub fn learn<'h>(headers: &'h HeaderMap, name: &'h str) -> impl Iterator<Item = Learned<'h>> + 'h {
+pub fn learn<'h>(
+    headers: &'h impl SetCookies,
+    name: &'h str,
+) -> impl Iterator<Item = Learned<'h>> + 'h {
     headers
-        .get_all(http::header::SET_COOKIE)
-        .iter()
-        .filter_map(|v| std::str::from_utf8(v.as_bytes()).ok())
+        .set_cookies()
+        .filter_map(|v| std::str::from_utf8(v).ok())
         .filter_map(move |line| {
             let mut parts = line.split(';');
             let (n, v) = parts.next()?.split_once('=')?;
@@ -86,6 +111,28 @@ mod tests {
         assert_eq!(route_suffix("abc.b1"), Some("b1"));
         assert_eq!(route_suffix("abc"), None);
         assert_eq!(route_suffix("abc."), None);
+    }
+
+    #[test]
+    fn learns_from_raw_fields_too() {
+        let mut f = RawFields::default();
+        f.push(b"Set-Cookie", b"JSESSIONID=abc.b1; Path=/");
+        f.push(b"X-Other", b"JSESSIONID=no");
+        f.push(b"set-cookie", b"JSESSIONID=gone; max-age=-1");
+        let got: Vec<_> = learn(&f, "JSESSIONID").collect();
+        assert_eq!(
+            got,
+            [
+                Learned {
+                    value: "abc.b1",
+                    deleted: false
+                },
+                Learned {
+                    value: "gone",
+                    deleted: true
+                }
+            ]
+        );
     }
 
     proptest! {

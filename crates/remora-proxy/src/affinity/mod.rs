@@ -29,7 +29,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::{HeaderName, HeaderValue};
 use remora_seal::Sealer;
 
 use crate::select::hash::{Excluding, ip_key, rendezvous_home, request_cookies};
@@ -714,7 +714,7 @@ impl Affinity {
         decision: &Decision,
         served: usize,
         servers: &[ServerEntry],
-        resp_headers: &HeaderMap,
+        resp_headers: &impl app_cookie::SetCookies,
         now: SystemTime,
     ) -> Option<HeaderValue> {
         if decision.refused {

@@ -27,7 +27,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use http::{Method, Response};
+use http::Method;
 use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -233,6 +233,19 @@ async fn connect(address: &Arc<str>, timeout: Duration) -> Result<Conn, ForwardE
     })
 }
 
+/// A server's answer: its head, and its body streaming from the connection.
+#[derive(Debug)]
+pub struct Answer {
+    /// Status code.
+    pub status: http::StatusCode,
+    /// HTTP/1.0 or HTTP/1.1.
+    pub version: http::Version,
+    /// Its end-to-end header fields.
+    pub fields: wire::RawFields,
+    /// Its body.
+    pub body: UpstreamBody,
+}
+
 /// What [`send`] needs besides the request.
 #[derive(Debug, Clone, Copy)]
 pub struct SendOptions {
@@ -282,7 +295,7 @@ pub async fn send(
     req: Outgoing<'_>,
     opts: SendOptions,
     watch: Option<&Watch>,
-) -> Result<Response<UpstreamBody>, ForwardError> {
+) -> Result<Answer, ForwardError> {
     let Some(watch) = watch else {
         return match tokio::time::timeout(opts.timeout, send_inner(slot, address, req, opts)).await
         {
@@ -393,7 +406,7 @@ async fn send_inner(
     address: &Arc<str>,
     req: Outgoing<'_>,
     opts: SendOptions,
-) -> Result<Response<UpstreamBody>, ForwardError> {
+) -> Result<Answer, ForwardError> {
     let mut body = req.body;
     // A body that is whole at once (a replayed or small one) goes in the
     // head's write, and can be written again on a new connection.
@@ -454,17 +467,18 @@ async fn send_inner(
         {
             Ok((h, complete)) => {
                 conn.write_buf = head;
-                let mut resp = Response::new(UpstreamBody::new(
-                    conn,
-                    slot.clone(),
-                    h.framing,
-                    h.keep_alive && complete,
-                    opts.max_head,
-                ));
-                *resp.status_mut() = h.status;
-                *resp.version_mut() = h.version;
-                *resp.headers_mut() = h.headers;
-                return Ok(resp);
+                return Ok(Answer {
+                    status: h.status,
+                    version: h.version,
+                    fields: h.fields,
+                    body: UpstreamBody::new(
+                        conn,
+                        slot.clone(),
+                        h.framing,
+                        h.keep_alive && complete,
+                        opts.max_head,
+                    ),
+                });
             }
             // A kept-alive connection the server had closed: the request
             // goes again on a new connection when nothing of it is lost.
@@ -748,7 +762,7 @@ mod tests {
     }
 
     /// A GET's response (head read, body not yet).
-    async fn get_response(slot: &Arc<Slot>, addr: &Arc<str>) -> Response<UpstreamBody> {
+    async fn get_response(slot: &Arc<Slot>, addr: &Arc<str>) -> Answer {
         let req = request(&Method::GET, crate::forward::empty());
         send(slot, addr, req, opts(), None).await.expect("response")
     }
@@ -756,7 +770,7 @@ mod tests {
     async fn get(slot: &Arc<Slot>, addr: &Arc<str>) -> bytes::Bytes {
         let resp = get_response(slot, addr).await;
         let guard = Arc::new(ServerStats::new()).start_request();
-        resp.into_body()
+        resp.body
             .with_guard(guard)
             .collect()
             .await
@@ -862,7 +876,7 @@ mod tests {
         .await;
         let slot = Arc::new(Slot::default());
         let resp = get_response(&slot, &addr).await;
-        let collected = resp.into_body().collect().await.expect("body");
+        let collected = resp.body.collect().await.expect("body");
         assert_eq!(
             collected
                 .trailers()
@@ -878,7 +892,7 @@ mod tests {
         let (addr, _) = scripted(b"HTTP/1.1 200 OK\r\n\r\nuntil the end", None).await;
         let slot = Arc::new(Slot::default());
         let resp = get_response(&slot, &addr).await;
-        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        let body = resp.body.collect().await.expect("body").to_bytes();
         assert_eq!(body, "until the end");
         assert!(
             slot.0.lock().is_none(),
@@ -902,7 +916,7 @@ mod tests {
         let resp = send(&slot, &addr, request(&Method::POST, body), opts(), None)
             .await
             .expect("response");
-        assert_eq!(resp.status(), http::StatusCode::NO_CONTENT);
+        assert_eq!(resp.status, http::StatusCode::NO_CONTENT);
         let got = String::from_utf8(seen.recv().await.expect("request")).expect("utf-8");
         assert!(got.starts_with("POST /p HTTP/1.1\r\nhost: t\r\n"), "{got}");
         assert!(got.contains("transfer-encoding: chunked\r\n"), "{got}");
@@ -927,8 +941,8 @@ mod tests {
         let resp = send(&slot, &addr, request(&Method::POST, body), opts(), None)
             .await
             .expect("response");
-        assert_eq!(resp.status(), http::StatusCode::PAYLOAD_TOO_LARGE);
-        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        assert_eq!(resp.status, http::StatusCode::PAYLOAD_TOO_LARGE);
+        let body = resp.body.collect().await.expect("body").to_bytes();
         assert_eq!(body, "big!");
         assert!(slot.0.lock().is_none());
     }
@@ -970,11 +984,7 @@ mod tests {
         // A body cut short.
         let (addr, _) = scripted(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort", None).await;
         let resp = send(&slot, &addr, get(), opts(), None).await.expect("head");
-        let err = resp
-            .into_body()
-            .collect()
-            .await
-            .expect_err("truncated body");
+        let err = resp.body.collect().await.expect_err("truncated body");
         assert!(
             err.to_string().contains("before the end of the body"),
             "{err}"

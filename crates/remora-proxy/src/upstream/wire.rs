@@ -65,15 +65,106 @@ pub struct Head {
     pub status: StatusCode,
     /// HTTP/1.0 or HTTP/1.1.
     pub version: Version,
-    /// End-to-end header fields: the hop-by-hop ones (the fixed list, every
-    /// `Proxy-*` field and those `Connection` names) are left out, and so is
-    /// `Content-Length` when `Transfer-Encoding` overrides it. Values share
-    /// the buffer the head was read into.
-    pub headers: HeaderMap,
+    /// End-to-end header fields, as they came off the wire.
+    pub fields: RawFields,
     /// How the body ends.
     pub framing: Framing,
     /// Whether the connection may carry another request after this response.
     pub keep_alive: bool,
+}
+
+/// A response's end-to-end header fields as the server wrote them, ready
+/// to be written on: each one line `name: value` CRLF, in order, names as
+/// the server spelled them. The hop-by-hop fields (the fixed list, every
+/// `Proxy-*` field and those `Connection` names) are left out, and so is
+/// `Content-Length`, whose value is [`RawFields::length`].
+///
+/// A client on HTTP/1.1 gets these lines as they are, without a
+/// [`HeaderMap`] built and taken apart again; [`RawFields::to_header_map`]
+/// builds one for the others (HTTP/2).
+#[derive(Debug, Clone, Default)]
+pub struct RawFields {
+    lines: Vec<u8>,
+    count: usize,
+    length: Option<u64>,
+    dated: bool,
+}
+
+impl RawFields {
+    /// The field lines, each ending in CRLF.
+    pub fn lines(&self) -> &[u8] {
+        &self.lines
+    }
+
+    /// How many fields.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The response's `Content-Length`, when it had one and no
+    /// `Transfer-Encoding` (which overrides it).
+    pub fn length(&self) -> Option<u64> {
+        self.length
+    }
+
+    /// Whether it has a `Date`.
+    pub fn dated(&self) -> bool {
+        self.dated
+    }
+
+    /// Each field's name and value.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.lines
+            .split(|b| *b == b'\n')
+            .filter_map(|line| line.strip_suffix(b"\r"))
+            .filter_map(|line| {
+                let colon = line.iter().position(|b| *b == b':')?;
+                let (name, value) = line.split_at(colon);
+                Some((name, value.get(2..).unwrap_or_default()))
+            })
+    }
+
+    /// The values of the fields named `name` (any case).
+    pub fn get_all<'a>(&'a self, name: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.iter()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    }
+
+    /// The fields as a map, `Content-Length` included.
+    pub fn to_header_map(&self) -> HeaderMap {
+        let mut map = HeaderMap::with_capacity(self.count + 1);
+        for (name, value) in self.iter() {
+            // Both were checked when the head was parsed.
+            if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
+                map.append(n, v);
+            }
+        }
+        if let Some(n) = self.length {
+            map.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+        }
+        map
+    }
+
+    /// Adds one field (from a head being parsed, or for tests).
+    pub fn push(&mut self, name: &[u8], value: &[u8]) {
+        write_field(&mut self.lines, name, value);
+        self.count += 1;
+        self.dated |= name.eq_ignore_ascii_case(b"date");
+    }
+}
+
+/// Whether `v`, a value httparse accepted, may be forwarded as it is.
+/// httparse lets through only tab, visible ASCII, space and obs-text, and
+/// line folding (obsolete, RFC 9112 section 5.2), which leaves CRLF inside
+/// the value: such a value is refused, as [`HeaderValue`] would refuse it.
+fn valid_value(v: &[u8]) -> bool {
+    !v.contains(&b'\n')
 }
 
 /// Writes the request head: `METHOD TARGET HTTP/1.1`, the header fields
@@ -127,7 +218,8 @@ pub fn write_fields(out: &mut Vec<u8>, headers: &HeaderMap) {
     }
 }
 
-fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+/// Writes `n` in decimal.
+pub(crate) fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
     let mut digits = [0u8; 20];
     let mut i = digits.len();
     loop {
@@ -210,70 +302,62 @@ pub fn parse_head(
             fields.note(h.name.as_bytes(), h.value)?;
         }
         let (framing, keep_alive) = fields.framing(method, status, version);
-        // Offsets into the head (on the stack), then the head frozen: names
-        // are read from it and values become slices of it, without a copy.
-        // Hop-by-hop fields stay behind (RFC 9110 section 7.6.1), and so
-        // does `Content-Length` when `Transfer-Encoding` overrides it.
-        let base = buf.as_ptr() as usize;
-        let mut spans = [[0u32; 4]; MAX_HEADERS];
-        let mut count = 0;
+        // The end-to-end fields, copied out as lines. Hop-by-hop fields
+        // stay behind (RFC 9110 section 7.6.1), and so does
+        // `Content-Length` (its value is kept apart).
+        let mut fields_out = RawFields {
+            lines: Vec::with_capacity(len),
+            count: 0,
+            length: if fields.coding.is_some() {
+                None
+            } else {
+                fields.length
+            },
+            dated: false,
+        };
         for h in resp.headers.iter() {
             let name = h.name.as_bytes();
-            if fields.drops(name) {
+            if fields.drops(name) || name.eq_ignore_ascii_case(b"content-length") {
                 continue;
             }
-            let Some(span) = spans.get_mut(count) else {
-                break;
-            };
-            let n = name.as_ptr() as usize - base;
-            let v = h.value.as_ptr() as usize - base;
-            // The head is at most `max` (<= 1 MiB) bytes: offsets fit.
-            *span = [n, n + name.len(), v, v + h.value.len()]
-                .map(|o| u32::try_from(o).unwrap_or(u32::MAX));
-            count += 1;
-        }
-        let head = buf.split_to(len).freeze();
-        let mut headers = HeaderMap::with_capacity(count);
-        for &[ns, ne, vs, ve] in spans.iter().take(count) {
-            let [ns, ne, vs, ve] = [ns, ne, vs, ve].map(|o| o as usize);
-            let name = head
-                .get(ns..ne)
-                .and_then(|n| HeaderName::from_bytes(n).ok())
-                .ok_or(WireError::Field)?;
-            if ve > head.len() || vs > ve {
+            if !valid_value(h.value) || fields_out.count >= MAX_HEADERS {
                 return Err(WireError::Field);
             }
-            let value =
-                HeaderValue::from_maybe_shared(head.slice(vs..ve)).map_err(|_| WireError::Field)?;
-            headers.append(name, value);
+            fields_out.push(name, h.value);
         }
+        buf.advance(len);
         return Ok(Some(Head {
             status,
             version,
-            headers,
+            fields: fields_out,
             framing,
             keep_alive,
         }));
     }
 }
 
-/// What a response's framing and connection fields say.
+/// What a message's framing and connection fields say (a server's
+/// response here, a client's request in [`crate::h1`]).
 #[derive(Default)]
-struct Fields<'a> {
+pub(crate) struct Fields<'a> {
     /// `Transfer-Encoding` present: whether its last coding is `chunked`.
-    coding: Option<bool>,
+    pub(crate) coding: Option<bool>,
+    /// `Transfer-Encoding` names a coding besides one final `chunked`
+    /// (or comes in more than one field line).
+    pub(crate) other_codings: bool,
     /// The `Content-Length` (every value the same).
-    length: Option<u64>,
+    pub(crate) length: Option<u64>,
     /// `Connection: close`.
-    close: bool,
+    pub(crate) close: bool,
     /// `Connection: keep-alive`.
-    keep_alive: bool,
+    pub(crate) keep_alive: bool,
     /// Other names `Connection` lists: hop-by-hop for this message.
     nominated: Vec<&'a [u8]>,
 }
 
 impl<'a> Fields<'a> {
-    fn note(&mut self, name: &[u8], value: &'a [u8]) -> Result<(), WireError> {
+    /// Takes note of one field line.
+    pub(crate) fn note(&mut self, name: &[u8], value: &'a [u8]) -> Result<(), WireError> {
         let tokens = || {
             value
                 .split(|b| *b == b',')
@@ -281,6 +365,7 @@ impl<'a> Fields<'a> {
                 .filter(|t| !t.is_empty())
         };
         if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            self.other_codings |= self.coding.is_some() || tokens().count() > 1;
             if let Some(last) = tokens().next_back() {
                 self.coding = Some(last.eq_ignore_ascii_case(b"chunked"));
             } else {
@@ -549,7 +634,12 @@ mod tests {
         assert_eq!(h.status, StatusCode::OK);
         assert_eq!(h.framing, Framing::Length(5));
         assert!(h.keep_alive);
-        assert_eq!(h.headers.get_all("set-cookie").iter().count(), 2);
+        assert_eq!(h.fields.get_all(b"set-cookie").count(), 2);
+        assert_eq!(h.fields.length(), Some(5));
+        let map = h.fields.to_header_map();
+        assert_eq!(map.get_all("set-cookie").iter().count(), 2);
+        assert_eq!(map["content-length"], "5");
+        assert_eq!(h.fields.lines(), b"Set-Cookie: a=1\r\nSet-Cookie: b=2\r\n");
         assert_eq!(&buf[..], b"hello");
     }
 
@@ -653,6 +743,26 @@ mod tests {
     }
 
     #[test]
+    fn values_httparse_passes_are_forwardable_or_refused() {
+        // Every byte in a value: what passes is what a `HeaderValue` takes.
+        for b in 0..=255u8 {
+            let mut text = b"HTTP/1.1 200 OK\r\nX-A: a".to_vec();
+            text.push(b);
+            text.extend_from_slice(b"b\r\nContent-Length: 0\r\n\r\n");
+            let mut buf = BytesMut::from(&text[..]);
+            let ok = matches!(parse_head(&mut buf, &Method::GET, 1024), Ok(Some(_)));
+            assert_eq!(
+                ok,
+                HeaderValue::from_bytes(&[b'a', b, b'b']).is_ok(),
+                "byte {b:#x}"
+            );
+        }
+        // Line folding is refused, not forwarded.
+        let folded = "HTTP/1.1 200 OK\r\nX-A: a\r\n b\r\nContent-Length: 0\r\n\r\n";
+        assert!(matches!(head(folded, &Method::GET), Err(WireError::Field)));
+    }
+
+    #[test]
     fn hop_by_hop_fields_stay_behind() {
         let h = head(
             "HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Private\r\nKeep-Alive: timeout=5\r\nX-Private: 1\r\nProxy-Thing: 2\r\nUpgrade: h2c\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\nTrailer: x-sum\r\nX-Kept: 3\r\nSet-Cookie: a=1\r\n\r\n",
@@ -660,8 +770,9 @@ mod tests {
         )
         .unwrap()
         .unwrap();
-        let names: Vec<&str> = h.headers.keys().map(|k| k.as_str()).collect();
-        assert_eq!(names, ["x-kept", "set-cookie"]);
+        let names: Vec<&[u8]> = h.fields.iter().map(|(n, _)| n).collect();
+        assert_eq!(names, [&b"X-Kept"[..], b"Set-Cookie"]);
+        assert_eq!(h.fields.length(), None, "Transfer-Encoding overrides it");
         assert_eq!(h.framing, Framing::Chunked);
         assert!(!h.keep_alive, "both framings: not reused");
     }
@@ -672,7 +783,7 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(h.status, StatusCode::CREATED);
-        assert!(h.headers.get("link").is_none());
+        assert_eq!(h.fields.get_all(b"link").count(), 0);
         assert!(matches!(
             head("HTTP/1.1 101 Switching Protocols\r\n\r\n", &Method::GET),
             Err(WireError::UnexpectedSwitch)
