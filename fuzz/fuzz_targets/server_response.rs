@@ -7,7 +7,7 @@
 use bytes::BytesMut;
 use http::Method;
 use libfuzzer_sys::fuzz_target;
-use remora_proxy::upstream::wire::{Chunked, Decoded, Framing, parse_head};
+use remora_proxy::upstream::wire::{Framing, parse_head};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&split, data)) = data.split_first() else {
@@ -28,14 +28,6 @@ fuzz_target!(|data: &[u8]| {
     };
     buf.extend_from_slice(rest);
     if head.framing == Framing::Chunked {
-        let mut state = Chunked::Size;
-        let before = buf.len();
-        while let Ok(step) = state.decode(&mut buf, 4096) {
-            assert!(buf.len() <= before);
-            match step {
-                Decoded::Data(d) => assert!(!d.is_empty()),
-                Decoded::Trailers(_) | Decoded::End | Decoded::NeedMore => break,
-            }
-        }
+        remora_fuzz::drain_chunked(&mut buf);
     }
 });

@@ -403,14 +403,71 @@ fn fuzz_proxy_protocol() {
 
 // ------------------------------------------------------- server responses
 
-fn response_seeds() -> Vec<Vec<u8>> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/seeds/server_response");
+/// Runs 30,000 mutants of `seeds` (seeded with `seed`) through `read`,
+/// which reads a message fed in pieces of a given size: whole and in small
+/// pieces, each gives the same answer, within [`SLOW`]. `each` sees every
+/// answer.
+fn split_invariant<R: PartialEq + std::fmt::Debug>(
+    seed: u64,
+    seeds: &[Vec<u8>],
+    dict: &[&[u8]],
+    read: impl Fn(&[u8], usize) -> (R, Vec<u8>),
+    mut each: impl FnMut(&R),
+) {
+    let mut g = Gen::new(seed);
+    for case in 0..30_000 {
+        let input = g.mutate(seeds, dict);
+        let started = Instant::now();
+        let (whole, body) = read(&input, input.len().max(1));
+        let step = 1 + g.below(7);
+        let (pieces, pieces_body) = read(&input, step);
+        assert_eq!(
+            whole, pieces,
+            "case {case}: split at {step} differs: {input:?}"
+        );
+        assert_eq!(
+            body, pieces_body,
+            "case {case}: body differs when split: {input:?}"
+        );
+        assert!(
+            started.elapsed() < SLOW,
+            "case {case} took {:?}",
+            started.elapsed()
+        );
+        each(&whole);
+    }
+}
+
+/// The committed seeds of the cargo-fuzz target `target`, in name order.
+fn target_seeds(target: &str) -> Vec<Vec<u8>> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fuzz/seeds")
+        .join(target);
     let mut seeds: Vec<Vec<u8>> = std::fs::read_dir(&dir)
-        .expect("fuzz/seeds/server_response")
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|e| std::fs::read(e.expect("entry").path()).expect("seed"))
         .collect();
     seeds.sort();
     seeds
+}
+
+/// Decodes a chunked body at the start of `buf` until it ends, fails or
+/// needs more: the data decoded.
+fn decode_chunked(buf: &mut bytes::BytesMut) -> Vec<u8> {
+    let mut body = Vec::new();
+    let mut state = Chunked::Size;
+    loop {
+        match state.decode(buf, 4096) {
+            Ok(Decoded::Data(d)) => {
+                assert!(!d.is_empty(), "an empty data frame");
+                body.extend_from_slice(&d);
+            }
+            Ok(_) | Err(WireError::ChunkSize | WireError::ChunkEnd | WireError::Trailers) => {
+                return body;
+            }
+            Err(e) => panic!("unexpected body error {e}"),
+        }
+    }
 }
 
 /// What a response head said: status, framing, fields kept (`None`: not
@@ -435,29 +492,18 @@ fn read_response(input: &[u8], step: usize) -> (HeadFacts, Vec<u8>) {
         }
     };
     buf.extend_from_slice(&input[fed..]);
-    let mut body = Vec::new();
-    if head.framing == Framing::Chunked {
-        let mut state = Chunked::Size;
-        loop {
-            match state.decode(&mut buf, 4096) {
-                Ok(Decoded::Data(d)) => {
-                    assert!(!d.is_empty(), "an empty data frame");
-                    body.extend_from_slice(&d);
-                }
-                Ok(_) | Err(WireError::ChunkSize | WireError::ChunkEnd | WireError::Trailers) => {
-                    break;
-                }
-                Err(e) => panic!("unexpected body error {e}"),
-            }
-        }
-    }
+    let body = if head.framing == Framing::Chunked {
+        decode_chunked(&mut buf)
+    } else {
+        Vec::new()
+    };
     let facts = (head.status.as_u16(), head.framing, head.fields.len());
     (Ok(Some(facts)), body)
 }
 
 #[test]
 fn fuzz_server_response() {
-    let seeds = response_seeds();
+    let seeds = target_seeds("server_response");
     assert!(seeds.len() >= 5, "seeds missing");
     for s in &seeds {
         let (r, _) = read_response(s, s.len());
@@ -480,46 +526,16 @@ fn fuzz_server_response() {
         b";ext=\"",
         b"\x80\xff",
     ];
-    let mut g = Gen::new(0x5E4_7E5);
     let mut parsed = 0usize;
-    for case in 0..30_000 {
-        let input = g.mutate(&seeds, dict);
-        let started = Instant::now();
-        let (whole, body) = read_response(&input, input.len().max(1));
-        // The same bytes in small pieces give the same answer.
-        let step = 1 + g.below(7);
-        let (pieces, pieces_body) = read_response(&input, step);
-        assert_eq!(
-            whole, pieces,
-            "case {case}: split at {step} differs: {input:?}"
-        );
-        assert_eq!(
-            body, pieces_body,
-            "case {case}: body differs when split: {input:?}"
-        );
-        assert!(
-            started.elapsed() < SLOW,
-            "case {case} took {:?}",
-            started.elapsed()
-        );
+    split_invariant(0x5E4_7E5, &seeds, dict, read_response, |whole| {
         if matches!(whole, Ok(Some(_))) {
             parsed += 1;
         }
-    }
+    });
     assert!(parsed > 3_000, "only {parsed} mutants parsed to a head");
 }
 
 // -------------------------------------------------------- client requests
-
-fn request_seeds() -> Vec<Vec<u8>> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/seeds/client_request");
-    let mut seeds: Vec<Vec<u8>> = std::fs::read_dir(&dir)
-        .expect("fuzz/seeds/client_request")
-        .map(|e| std::fs::read(e.expect("entry").path()).expect("seed"))
-        .collect();
-    seeds.sort();
-    seeds
-}
 
 /// What a request head said: method, target, framing, fields, keep-alive
 /// (`None`: not complete), or the refusal's status and error.
@@ -547,22 +563,7 @@ fn read_request(input: &[u8], step: usize) -> (RequestFacts, Vec<u8>) {
     buf.extend_from_slice(&input[fed..]);
     let mut body = Vec::new();
     match head.body {
-        BodyFraming::Chunked => {
-            let mut state = Chunked::Size;
-            loop {
-                match state.decode(&mut buf, 4096) {
-                    Ok(Decoded::Data(d)) => {
-                        assert!(!d.is_empty(), "an empty data frame");
-                        body.extend_from_slice(&d);
-                    }
-                    Ok(_)
-                    | Err(WireError::ChunkSize | WireError::ChunkEnd | WireError::Trailers) => {
-                        break;
-                    }
-                    Err(e) => panic!("unexpected body error {e}"),
-                }
-            }
-        }
+        BodyFraming::Chunked => body = decode_chunked(&mut buf),
         BodyFraming::Length(n) => assert!(n > 0, "an empty body is framed as Empty"),
         BodyFraming::Empty => {}
     }
@@ -580,7 +581,7 @@ fn read_request(input: &[u8], step: usize) -> (RequestFacts, Vec<u8>) {
 
 #[test]
 fn fuzz_client_request() {
-    let seeds = request_seeds();
+    let seeds = target_seeds("client_request");
     assert!(seeds.len() >= 5, "seeds missing");
     for s in &seeds {
         let (r, _) = read_request(s, s.len());
@@ -607,41 +608,25 @@ fn fuzz_client_request() {
         b"\x80\xff",
         b"\x00",
     ];
-    let mut g = Gen::new(0x00C1_1E47);
     let mut parsed = 0usize;
     let mut refused = 0usize;
-    for case in 0..30_000 {
-        let input = g.mutate(&seeds, dict);
-        let started = Instant::now();
-        let (whole, body) = read_request(&input, input.len().max(1));
-        // The same bytes in small pieces give the same answer.
-        let step = 1 + g.below(7);
-        let (pieces, pieces_body) = read_request(&input, step);
-        assert_eq!(
-            whole, pieces,
-            "case {case}: split at {step} differs: {input:?}"
-        );
-        assert_eq!(
-            body, pieces_body,
-            "case {case}: body differs when split: {input:?}"
-        );
-        assert!(
-            started.elapsed() < SLOW,
-            "case {case} took {:?}",
-            started.elapsed()
-        );
-        match whole {
+    split_invariant(
+        0x00C1_1E47,
+        &seeds,
+        dict,
+        read_request,
+        |whole| match whole {
             Ok(Some(_)) => parsed += 1,
             Err((status, _)) => {
                 assert!(
-                    [400, 431, 501, 505].contains(&status),
-                    "case {case}: refused with {status}"
+                    [400, 431, 501, 505].contains(status),
+                    "refused with {status}"
                 );
                 refused += 1;
             }
             Ok(None) => {}
-        }
-    }
+        },
+    );
     assert!(parsed > 3_000, "only {parsed} mutants parsed to a head");
     assert!(refused > 1_000, "only {refused} mutants refused");
 }
