@@ -317,7 +317,7 @@ pub fn parse_head(
         };
         for h in resp.headers.iter() {
             let name = h.name.as_bytes();
-            if fields.drops(name) || name.eq_ignore_ascii_case(b"content-length") {
+            if fields.hop_by_hop(name) || name.eq_ignore_ascii_case(b"content-length") {
                 continue;
             }
             if !valid_value(h.value) || fields_out.count >= MAX_HEADERS {
@@ -393,10 +393,10 @@ impl<'a> Fields<'a> {
         Ok(())
     }
 
-    /// Whether the field `name` stays out of the forwarded response.
-    fn drops(&self, name: &[u8]) -> bool {
+    /// Whether the field `name` is hop-by-hop in this message: by itself,
+    /// or because `Connection` names it.
+    fn hop_by_hop(&self, name: &[u8]) -> bool {
         crate::forward::hop_by_hop_name(name)
-            || (self.coding.is_some() && name.eq_ignore_ascii_case(b"content-length"))
             || self.nominated.iter().any(|n| name.eq_ignore_ascii_case(n))
     }
 
