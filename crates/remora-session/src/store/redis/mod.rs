@@ -84,13 +84,18 @@ return old
 ";
 
 // KEYS[1] the key; ARGV[1] accessed at, ARGV[2] idle deadline (Unix ms),
-// ARGV[3] '1' to renew tracking (as in SAVE).
+// ARGV[3] '1' to renew tracking (as in SAVE). A record whose deadline has
+// come by ARGV[1] is left alone: Redis keeps a key through the very
+// millisecond of its `PEXPIREAT`, when a load already finds it expired, and
+// a touch then must not bring it back.
 const TOUCH: &str = r"
 local h = redis.call('GETRANGE', KEYS[1], 0, 63)
 if #h < 64 then return 0 end
 local a = math.max(tonumber(string.sub(h, 17, 32)), tonumber(ARGV[1]))
 local x = tonumber(string.sub(h, 49, 64))
-local i = math.min(math.max(tonumber(string.sub(h, 33, 48)), tonumber(ARGV[2])), x)
+local old = tonumber(string.sub(h, 33, 48))
+if math.min(old, x) <= tonumber(ARGV[1]) then return 0 end
+local i = math.min(math.max(old, tonumber(ARGV[2])), x)
 redis.call('SETRANGE', KEYS[1], 16, string.format('%016d%016d', a, i))
 redis.call('PEXPIREAT', KEYS[1], string.format('%d', i))
 if ARGV[3] == '1' then redis.call('STRLEN', KEYS[1]) end
