@@ -351,7 +351,8 @@ async fn proxy<B: RequestBody>(
         )
         .into();
     }
-    if content_length(&req).is_some_and(|n| n > limits.max_body_bytes) {
+    let declared = content_length(&req);
+    if declared.is_some_and(|n| n > limits.max_body_bytes) {
         return local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n").into();
     }
     if req.method() == http::Method::CONNECT {
@@ -392,21 +393,37 @@ async fn proxy<B: RequestBody>(
             .await
             .into();
     }
-    forward_with_retries(shared, ctx, &pool, decision, req, host, info, limits).await
+    let request = Incoming {
+        req,
+        declared,
+        host,
+    };
+    forward_with_retries(shared, ctx, &pool, decision, request, info, limits).await
 }
 
-#[allow(clippy::too_many_arguments)]
+/// A request on its way to a server, with what [`proxy`] found out about it.
+struct Incoming<B> {
+    req: Request<B>,
+    /// Its `Content-Length`.
+    declared: Option<u64>,
+    /// The authority it asked for.
+    host: Option<String>,
+}
+
 async fn forward_with_retries<B: RequestBody>(
     shared: &Arc<Shared>,
     ctx: &ConnCtx,
     pool: &Arc<Pool>,
     mut decision: Decision,
-    req: Request<B>,
-    host: Option<String>,
+    request: Incoming<B>,
     info: &mut RequestInfo,
     limits: &crate::config::Limits,
 ) -> Reply {
-    let declared = content_length(&req);
+    let Incoming {
+        req,
+        declared,
+        host,
+    } = request;
     let (parts, body) = req.into_parts();
     let body_empty = body.is_end_stream();
     let retry_any = idempotent(&parts.method) && body_empty;
