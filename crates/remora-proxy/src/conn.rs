@@ -207,7 +207,7 @@ async fn serve_h2(shared: &Arc<Shared>, ctx: Arc<ConnCtx>, io: ClientIo, limits:
         .max_concurrent_streams(256);
     let svc_shared = shared.clone();
     let svc_ctx = ctx.clone();
-    let svc = service_fn(move |req| proxy::handle(svc_shared.clone(), svc_ctx.clone(), req));
+    let svc = service_fn(move |req| proxy::handle(svc_shared.clone(), svc_ctx.clone(), req, None));
     // Boxed: the opening future ([`start`]) then stays smaller.
     let mut conn = Box::pin(builder.serve_connection(TokioIo::new(io), svc));
     let mut shutdown = shared.shutdown_signal();

@@ -10,8 +10,9 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-use crate::upstream::wire::write_field;
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use crate::fields::ClientFields;
+use crate::upstream::wire::{trim, write_field};
+use http::{Method, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
@@ -188,50 +189,44 @@ pub fn add_forwarding(h: &mut HeaderMap, fwd: &Forwarding, version: Version, hos
 /// as one line), then `Host` when the request has none (`host`, the
 /// authority the client asked for, else `default_host`). `Content-Length`
 /// and `Transfer-Encoding` are left out: the body is framed by the caller.
+/// Names go out as the client wrote them.
 pub fn write_request_fields(
     out: &mut Vec<u8>,
-    h: &HeaderMap,
+    h: ClientFields<'_>,
     fwd: &Forwarding,
     version: Version,
     host: Option<&str>,
     default_host: &str,
 ) {
     // Names `Connection` makes hop-by-hop for this request (rare).
-    let mut nominated: Vec<HeaderName> = Vec::new();
-    for v in h.get_all(header::CONNECTION) {
-        let Ok(v) = v.to_str() else { continue };
-        for token in v.split(',') {
-            if let Ok(name) = HeaderName::from_bytes(token.trim().as_bytes())
-                && !hop_by_hop(&name)
-            {
-                nominated.push(name);
+    let mut nominated: Vec<&[u8]> = Vec::new();
+    for v in h.get_all("connection").filter(|v| visible(v)) {
+        for token in v.split(|b| *b == b',') {
+            let token = trim(token);
+            if !token.is_empty() && !hop_by_hop_name(token) {
+                nominated.push(token);
             }
         }
     }
-    let dropped = |name: &HeaderName| hop_by_hop(name) || nominated.contains(name);
+    let dropped = |name: &[u8]| {
+        hop_by_hop_name(name) || nominated.iter().any(|n| n.eq_ignore_ascii_case(name))
+    };
     let mut has_host = false;
-    for (name, value) in h {
-        if dropped(name)
-            || name == header::CONTENT_LENGTH
-            || name == X_FORWARDED_FOR
-            || name == X_FORWARDED_PROTO
-            || name == header::FORWARDED
-            || name == header::VIA
-        {
+    for (name, value) in h.iter() {
+        if dropped(name) || replaced_on_the_way(name) {
             continue;
         }
-        has_host |= name == header::HOST;
-        write_field(out, name.as_str().as_bytes(), value.as_bytes());
+        has_host |= name.eq_ignore_ascii_case(b"host");
+        write_field(out, name, value);
     }
-    let list = |out: &mut Vec<u8>, name: HeaderName, item: &[u8]| {
-        out.extend_from_slice(name.as_str().as_bytes());
+    let list = |out: &mut Vec<u8>, name: &'static str, item: &[u8]| {
+        out.extend_from_slice(name.as_bytes());
         out.extend_from_slice(b": ");
-        if !dropped(&name) {
-            for v in h.get_all(&name) {
-                let Ok(v) = v.to_str() else { continue };
-                let v = v.trim();
+        if !dropped(name.as_bytes()) {
+            for v in h.get_all(name).filter(|v| visible(v)) {
+                let v = trim(v);
                 if !v.is_empty() {
-                    out.extend_from_slice(v.as_bytes());
+                    out.extend_from_slice(v);
                     out.extend_from_slice(b", ");
                 }
             }
@@ -239,16 +234,36 @@ pub fn write_request_fields(
         out.extend_from_slice(item);
         out.extend_from_slice(b"\r\n");
     };
-    list(out, X_FORWARDED_FOR, fwd.ip.as_bytes());
+    list(out, "x-forwarded-for", fwd.ip.as_bytes());
     write_field(out, b"x-forwarded-proto", fwd.proto.as_bytes());
-    list(out, header::FORWARDED, fwd.element(host).as_bytes());
-    list(out, header::VIA, via(version).as_bytes());
+    list(out, "forwarded", fwd.element(host).as_bytes());
+    list(out, "via", via(version).as_bytes());
     if !has_host {
         let host = host
             .filter(|h| HeaderValue::from_str(h).is_ok())
             .unwrap_or(default_host);
         write_field(out, b"host", host.as_bytes());
     }
+}
+
+/// Fields a request never keeps on its way to a server: the framing one
+/// (the body is framed anew) and the forwarding ones Remora writes itself,
+/// merged with the client's.
+fn replaced_on_the_way(name: &[u8]) -> bool {
+    const REPLACED: [&[u8]; 5] = [
+        b"content-length",
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"forwarded",
+        b"via",
+    ];
+    REPLACED.iter().any(|r| name.eq_ignore_ascii_case(r))
+}
+
+/// Whether a field value is only visible ASCII, spaces and tabs (what
+/// `HeaderValue::to_str` accepts): not obs-text.
+fn visible(v: &[u8]) -> bool {
+    v.iter().all(|&b| b == b'\t' || (b' '..=b'~').contains(&b))
 }
 
 fn via(version: Version) -> &'static str {
@@ -300,12 +315,13 @@ pub fn append_list(h: &mut HeaderMap, name: HeaderName, item: HeaderValue) {
 }
 
 /// The authority the client asked for (`Host`, or the h2 `:authority`).
-pub fn request_host<B>(req: &Request<B>) -> Option<String> {
-    req.headers()
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
+pub fn request_host(fields: ClientFields<'_>, uri: &Uri) -> Option<String> {
+    fields
+        .get("host")
+        .filter(|v| visible(v))
+        .and_then(|v| std::str::from_utf8(v).ok())
         .map(str::to_string)
-        .or_else(|| req.uri().authority().map(|a| a.to_string()))
+        .or_else(|| uri.authority().map(|a| a.to_string()))
 }
 
 /// Approximate size of the request header section, in bytes.
@@ -531,7 +547,7 @@ mod tests {
         let mut out = Vec::new();
         write_request_fields(
             &mut out,
-            &h,
+            ClientFields::Map(&h),
             &fwd,
             Version::HTTP_11,
             Some("shop.test"),
@@ -555,11 +571,38 @@ mod tests {
         );
         assert_eq!(m.get("via").unwrap(), "1.0 edge, 1.1 remora");
         assert!(m.get("x-secret").is_none());
+        // The same rules over an HTTP/1.1 head's lines, names in any case
+        // (and kept as they came); a value of obs-text is not merged.
+        let mut head = bytes::BytesMut::from(
+            &b"GET / HTTP/1.1\r\nHost: shop.test\r\nConnection: keep-alive, X-Secret\r\n\
+               x-secret: 1\r\nTE: trailers\r\nProxy-Authorization: x\r\nContent-Length: 3\r\n\
+               X-Forwarded-For: 198.51.100.1\r\nX-Forwarded-For:  \r\n\
+               X-Forwarded-For: \xff\r\nx-forwarded-for: 198.51.100.2\r\n\
+               X-Forwarded-Proto: gopher\r\nVIA: 1.0 edge\r\nCookie: a=1\r\n\r\n"[..],
+        );
+        let parsed = crate::h1::head::parse(&mut head, 8192).unwrap().unwrap();
+        let mut out = Vec::new();
+        write_request_fields(
+            &mut out,
+            ClientFields::Lines(&parsed.fields),
+            &fwd,
+            Version::HTTP_11,
+            Some("shop.test"),
+            "10.0.0.1:80",
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "Host: shop.test\r\nCookie: a=1\r\n\
+             x-forwarded-for: 198.51.100.1, 198.51.100.2, 203.0.113.7\r\n\
+             x-forwarded-proto: http\r\n\
+             forwarded: for=203.0.113.7;proto=http;host=\"shop.test\"\r\n\
+             via: 1.0 edge, 1.1 remora\r\n"
+        );
         // No Host: the authority asked for, else the server's address.
         let mut out = Vec::new();
         write_request_fields(
             &mut out,
-            &HeaderMap::new(),
+            ClientFields::Map(&HeaderMap::new()),
             &fwd,
             Version::HTTP_2,
             None,

@@ -7,6 +7,7 @@ pub mod admin;
 pub mod affinity;
 pub mod config;
 pub mod conn;
+pub mod fields;
 pub mod forward;
 pub mod h1;
 pub mod health;

@@ -14,6 +14,7 @@ use http_body_util::BodyExt;
 
 use crate::affinity::{Decision, OpenedCookie, Outcome};
 use crate::conn::{Activity, ClientIo};
+use crate::fields::{ClientFields, RequestLines};
 use crate::forward::{
     self, ClientInfo, Forwarding, LimitedBody, ProxyBody, append_list, header_bytes, idempotent,
     local, request_host,
@@ -195,10 +196,13 @@ impl<B> RequestBody for B where
 }
 
 /// Handles one request (the service function of a client connection).
+/// `lines`: its fields as an HTTP/1.1 head carried them (the request's
+/// map is then empty); `None`: they are in the request's map.
 pub async fn handle<B>(
     shared: Arc<Shared>,
     ctx: Arc<ConnCtx>,
     req: Request<B>,
+    lines: Option<RequestLines>,
 ) -> Result<Response<ResponseBody>, Infallible>
 where
     B: RequestBody,
@@ -212,7 +216,7 @@ where
     let path: Option<String> = tracing::enabled!(target: "remora::access", tracing::Level::INFO)
         .then(|| req.uri().path().chars().take(256).collect());
     let mut info = RequestInfo::default();
-    let Reply { resp, raw } = proxy(&shared, &ctx, req, &mut info).await;
+    let Reply { resp, raw } = proxy(&shared, &ctx, req, lines, &mut info).await;
     let status = resp.status();
     let elapsed = start.elapsed();
     let server = info.server_name();
@@ -323,10 +327,8 @@ pub fn no_server(reason: &str) -> Response<ProxyBody> {
     r
 }
 
-fn content_length<B>(req: &Request<B>) -> Option<u64> {
-    req.headers()
-        .get(header::CONTENT_LENGTH)?
-        .to_str()
+fn content_length(fields: ClientFields<'_>) -> Option<u64> {
+    std::str::from_utf8(fields.get("content-length")?)
         .ok()?
         .trim()
         .parse()
@@ -336,7 +338,8 @@ fn content_length<B>(req: &Request<B>) -> Option<u64> {
 async fn proxy<B: RequestBody>(
     shared: &Arc<Shared>,
     ctx: &ConnCtx,
-    req: Request<B>,
+    mut req: Request<B>,
+    lines: Option<RequestLines>,
     info: &mut RequestInfo,
 ) -> Reply {
     let rt = shared.runtime.load_full();
@@ -344,28 +347,32 @@ async fn proxy<B: RequestBody>(
         return no_server("listener closed\n").into();
     };
     let limits = &lst.config.limits;
-    if header_bytes(req.headers(), req.uri()) > limits.max_header_bytes {
+    // An HTTP/1.1 head was held to the limit as it was read.
+    if lines.is_none() && header_bytes(req.headers(), req.uri()) > limits.max_header_bytes {
         return local(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "request header fields too large\n",
         )
         .into();
     }
-    let declared = content_length(&req);
+    let fields = match &lines {
+        Some(l) => ClientFields::Lines(l),
+        None => ClientFields::Map(req.headers()),
+    };
+    let declared = content_length(fields);
     if declared.is_some_and(|n| n > limits.max_body_bytes) {
         return local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n").into();
     }
     if req.method() == http::Method::CONNECT {
         return local(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not supported\n").into();
     }
-    let host = request_host(&req);
+    let host = request_host(fields, req.uri());
     let pool_name = route::pool_for(&lst.config, host.as_deref(), req.uri().path());
     let Some(pool) = rt.pools.get(pool_name).cloned() else {
         return no_server("no such pool\n").into();
     };
     info.pool = Some(pool.clone());
-    let key =
-        RequestKey::new(ctx.client.addr.ip(), req.headers(), req.uri()).with_tls(ctx.client.tls);
+    let key = RequestKey::new(ctx.client.addr.ip(), fields, req.uri()).with_tls(ctx.client.tls);
     let decision = {
         let mut memo = ctx.opened_cookie.lock();
         if !memo.as_ref().is_some_and(|(p, _)| Arc::ptr_eq(p, &pool)) {
@@ -388,13 +395,21 @@ async fn proxy<B: RequestBody>(
     if decision.candidates().is_empty() {
         return no_server("no server available\n").into();
     }
-    if websocket::is_upgrade(&req) {
+    if websocket::is_upgrade(req.version(), fields) {
+        // The handshake goes through hyper's client, which wants a map.
+        if let Some(l) = &lines {
+            match l.to_header_map() {
+                Ok(map) => *req.headers_mut() = map,
+                Err(_) => return local(StatusCode::BAD_REQUEST, "invalid header field\n").into(),
+            }
+        }
         return websocket::proxy(ctx, &pool, decision, req, host, info, limits)
             .await
             .into();
     }
     let request = Incoming {
         req,
+        lines,
         declared,
         host,
     };
@@ -404,6 +419,8 @@ async fn proxy<B: RequestBody>(
 /// A request on its way to a server, with what [`proxy`] found out about it.
 struct Incoming<B> {
     req: Request<B>,
+    /// Its fields as an HTTP/1.1 head carried them (`None`: in `req`).
+    lines: Option<RequestLines>,
     /// Its `Content-Length`.
     declared: Option<u64>,
     /// The authority it asked for.
@@ -421,14 +438,19 @@ async fn forward_with_retries<B: RequestBody>(
 ) -> Reply {
     let Incoming {
         req,
+        lines,
         declared,
         host,
     } = request;
     let (parts, body) = req.into_parts();
+    let client_fields = match &lines {
+        Some(l) => ClientFields::Lines(l),
+        None => ClientFields::Map(&parts.headers),
+    };
     let body_empty = body.is_end_stream();
     let retry_any = idempotent(&parts.method) && body_empty;
     let client_version = parts.version;
-    let client_length = parts.headers.contains_key(header::CONTENT_LENGTH);
+    let client_length = client_fields.contains("content-length");
     let Some(target) = forward::origin_target(&parts.uri) else {
         return local(StatusCode::BAD_REQUEST, "bad request target\n").into();
     };
@@ -478,7 +500,7 @@ async fn forward_with_retries<B: RequestBody>(
         let fields = |out: &mut Vec<u8>| {
             forward::write_request_fields(
                 out,
-                &parts.headers,
+                client_fields,
                 &ctx.forwarding,
                 client_version,
                 host.as_deref(),

@@ -13,18 +13,18 @@ use tokio::net::TcpStream;
 
 use crate::affinity::Decision;
 use crate::config::Limits;
+use crate::fields::ClientFields;
 use crate::forward::{self, BoxError, ProxyBody, add_forwarding, local, strip_hop_by_hop};
 use crate::pool::Pool;
 use crate::proxy::{ConnCtx, RequestInfo, no_server};
 
-/// Whether `req` asks for a WebSocket upgrade.
-pub fn is_upgrade<B>(req: &Request<B>) -> bool {
-    req.version() == Version::HTTP_11
-        && req
-            .headers()
-            .get(header::UPGRADE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+/// Whether a request of `version` with `fields` asks for a WebSocket
+/// upgrade.
+pub fn is_upgrade(version: Version, fields: ClientFields<'_>) -> bool {
+    version == Version::HTTP_11
+        && fields
+            .get("upgrade")
+            .is_some_and(|v| v.eq_ignore_ascii_case(b"websocket"))
 }
 
 /// Proxies a WebSocket handshake and, on `101`, splices the two connections.

@@ -573,7 +573,7 @@ fn read_request(input: &[u8], step: usize) -> (RequestFacts, Vec<u8>) {
         r.method().to_string(),
         r.uri().to_string(),
         head.body,
-        r.headers().len(),
+        head.fields.len(),
         head.keep_alive,
     );
     (Ok(Some(facts)), body)

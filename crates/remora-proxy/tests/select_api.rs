@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use http::{HeaderMap, Uri};
 use remora_proxy::affinity::{Affinity, AffinityConfig, AffinityMode, Outcome, RepinReason};
+use remora_proxy::fields::ClientFields;
 use remora_proxy::select::{
     Algorithm, Availability, EligibilityTable, RequestKey, ServerEntry, ServerState, build,
 };
@@ -30,7 +31,7 @@ fn a_request_life_through_the_public_api() {
 
     // New client: the selector decides, the response pins.
     let headers = HeaderMap::new();
-    let key = RequestKey::new(ip, &headers, &uri).with_tls(true);
+    let key = RequestKey::new(ip, ClientFields::Map(&headers), &uri).with_tls(true);
     let d = affinity.resolve(&key, &servers, &elig, &*selector, now);
     assert_eq!(d.outcome(), Some(Outcome::New));
     let first = d.server().expect("a server");
@@ -48,7 +49,7 @@ fn a_request_life_through_the_public_api() {
     let mut headers = HeaderMap::new();
     let pair = text.split(';').next().expect("pair");
     headers.insert("cookie", pair.parse().expect("header value"));
-    let key = RequestKey::new(ip, &headers, &uri);
+    let key = RequestKey::new(ip, ClientFields::Map(&headers), &uri);
     let d = affinity.resolve(&key, &servers, &elig, &*selector, now);
     assert_eq!(d.outcome(), Some(Outcome::Hit));
     let r = affinity.repin_after_failure(&d, first, &servers, &elig);

@@ -480,7 +480,7 @@ impl Affinity {
             AffinityMode::Cookie => {
                 let mut seen = false;
                 let mut record = None;
-                for value in request_cookies(req.headers, &self.cfg.cookie) {
+                for value in request_cookies(req.fields, &self.cfg.cookie) {
                     seen = true;
                     if let Some(r) = opened.get(value) {
                         record = Some(r.clone());
@@ -508,14 +508,14 @@ impl Affinity {
             AffinityMode::SourceIp => {
                 self.keyed(ip_key(req.client_ip), req, servers, elig, selector, now)
             }
-            AffinityMode::Header { name } => match req.headers.get(name) {
-                Some(v) => self.keyed(v.as_bytes().to_vec(), req, servers, elig, selector, now),
+            AffinityMode::Header { name } => match req.fields.get(name.as_str()) {
+                Some(v) => self.keyed(v.to_vec(), req, servers, elig, selector, now),
                 None => select(None, Pin::None),
             },
             AffinityMode::AppCookie { name } => {
                 // Several cookies of that name (other paths) may be sent:
                 // the first one the table knows wins, then a route suffix.
-                let values: Vec<&str> = request_cookies(req.headers, name)
+                let values: Vec<&str> = request_cookies(req.fields, name)
                     .filter(|v| !v.is_empty() && v.len() <= app_cookie::MAX_APP_COOKIE_VALUE)
                     .take(MAX_APP_COOKIES)
                     .collect();

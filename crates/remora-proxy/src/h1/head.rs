@@ -1,6 +1,7 @@
 //! Request heads from clients (RFC 9112 sections 2 to 7): the request line
-//! and fields, parsed into an [`http::Request`] whose field values share
-//! the buffer the head was read into, and how its body is delimited.
+//! parsed into an [`http::Request`], the field lines kept as slices of the
+//! buffer the head was read into ([`RequestLines`]), and how its body is
+//! delimited.
 //!
 //! A pure function over a byte buffer, so that it can be fuzzed: the I/O is
 //! in [`super`].
@@ -8,9 +9,9 @@
 use std::mem::MaybeUninit;
 
 use bytes::{Buf, BytesMut};
-use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode, Uri, Version};
 
+use crate::fields::RequestLines;
 use crate::upstream::wire::{Fields, MAX_HEADERS};
 
 /// How a request body is delimited (RFC 9112 section 6.3).
@@ -28,9 +29,11 @@ pub enum BodyFraming {
 /// A parsed request head.
 #[derive(Debug)]
 pub struct RequestHead {
-    /// Method, target, version and fields (a body of `()`: the connection
-    /// attaches the real one).
+    /// Method, target and version, without fields (they are in
+    /// `fields`), and a body of `()`: the connection attaches the real one.
     pub request: Request<()>,
+    /// The field lines as they came.
+    pub fields: RequestLines,
     /// How its body is delimited.
     pub body: BodyFraming,
     /// Whether the client lets the connection carry another request
@@ -130,6 +133,12 @@ pub fn parse(buf: &mut BytesMut, max: usize) -> Result<Option<RequestHead>, Head
     let mut expect_continue = false;
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
+        // httparse lets obs-fold and obs-text through only in responses,
+        // and never a line break: checked all the same, as the lines go
+        // to the server as they are.
+        if h.value.contains(&b'\n') {
+            return Err(HeadError::Field);
+        }
         fields.note(name, h.value).map_err(|_| HeadError::Length)?;
         if name.eq_ignore_ascii_case(b"expect") {
             expect_continue = h.value.eq_ignore_ascii_case(b"100-continue");
@@ -155,40 +164,29 @@ pub fn parse(buf: &mut BytesMut, max: usize) -> Result<Option<RequestHead>, Head
     let path = req.path.unwrap_or_default().as_bytes();
     let target = (offset(path), offset(path) + path.len());
     // The head is at most `max` bytes (well under 4 GiB): offsets fit.
-    let mut spans = [[0u32; 4]; MAX_HEADERS];
-    let count = req.headers.len().min(MAX_HEADERS);
-    for (span, h) in spans.iter_mut().zip(req.headers.iter()) {
-        let (n, v) = (offset(h.name.as_bytes()), offset(h.value));
-        *span = [n, n + h.name.len(), v, v + h.value.len()]
-            .map(|o| u32::try_from(o).unwrap_or(u32::MAX));
-    }
+    let spans: Vec<[u32; 4]> = req
+        .headers
+        .iter()
+        .map(|h| {
+            let (n, v) = (offset(h.name.as_bytes()), offset(h.value));
+            [n, n + h.name.len(), v, v + h.value.len()]
+                .map(|o| u32::try_from(o).unwrap_or(u32::MAX))
+        })
+        .collect();
     let head = buf.split_to(len).freeze();
     let uri = head
         .get(target.0..target.1)
         .filter(|t| !t.is_empty())
         .and_then(|_| Uri::from_maybe_shared(head.slice(target.0..target.1)).ok())
         .ok_or(HeadError::Target)?;
-    let mut headers = HeaderMap::with_capacity(count);
-    for span in spans.iter().take(count) {
-        let [ns, ne, vs, ve] = span.map(|o| o as usize);
-        let name = head
-            .get(ns..ne)
-            .and_then(|n| HeaderName::from_bytes(n).ok())
-            .ok_or(HeadError::Field)?;
-        if ve > head.len() || vs > ve {
-            return Err(HeadError::Field);
-        }
-        let value =
-            HeaderValue::from_maybe_shared(head.slice(vs..ve)).map_err(|_| HeadError::Field)?;
-        headers.append(name, value);
-    }
     let mut request = Request::new(());
     *request.method_mut() = method;
     *request.uri_mut() = uri;
     *request.version_mut() = version;
-    *request.headers_mut() = headers;
+    let fields = RequestLines::new(head, spans);
     Ok(Some(RequestHead {
         request,
+        fields,
         expect_continue: expect_continue
             && version == Version::HTTP_11
             && body != BodyFraming::Empty,
@@ -211,6 +209,7 @@ pub fn skip_empty_lines(buf: &mut BytesMut) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fields::ClientFields;
 
     fn parse_str(text: &str) -> Result<Option<RequestHead>, HeadError> {
         let mut buf = BytesMut::from(text.as_bytes());
@@ -233,9 +232,17 @@ mod tests {
         assert_eq!(r.uri().path(), "/a/b");
         assert_eq!(r.uri().query(), Some("c=d"));
         assert_eq!(r.version(), Version::HTTP_11);
-        assert_eq!(r.headers()["host"], "example.test");
-        let xa: Vec<_> = r.headers().get_all("x-a").iter().collect();
-        assert_eq!(xa, ["1", "2"]);
+        assert!(r.headers().is_empty(), "the fields are in the lines");
+        let f = ClientFields::Lines(&h.fields);
+        assert_eq!(f.get("host"), Some(&b"example.test"[..]));
+        let xa: Vec<_> = f.get_all("x-a").collect();
+        assert_eq!(xa, [b"1", b"2"]);
+        let names: Vec<_> = f.iter().map(|(n, _)| n).collect();
+        assert_eq!(
+            names,
+            [&b"Host"[..], b"X-A", b"x-a"],
+            "as the client wrote them"
+        );
         assert_eq!(h.body, BodyFraming::Empty);
         assert!(h.keep_alive);
         assert!(!h.expect_continue);

@@ -151,6 +151,7 @@ pub(crate) async fn serve(
         };
         let RequestHead {
             request,
+            fields,
             body,
             keep_alive,
             expect_continue,
@@ -158,7 +159,12 @@ pub(crate) async fn serve(
         let head_request = request.method() == Method::HEAD;
         let version = request.version();
         let (client_body, mut feed) = ClientBody::new(body, expect_continue);
-        let handler = proxy::handle(shared.clone(), ctx.clone(), request.map(|()| client_body));
+        let handler = proxy::handle(
+            shared.clone(),
+            ctx.clone(),
+            request.map(|()| client_body),
+            Some(fields),
+        );
         let resp = in_flight(
             handler,
             &ctx,

@@ -41,6 +41,7 @@ use super::{
     Algorithm, Eligibility, Fallbacks, HashKey, MAX_CANDIDATES, RequestKey, Selector, ServerEntry,
     Tier, weight_of,
 };
+use crate::fields::ClientFields;
 use crate::select::Availability;
 
 /// First half of the fixed SipHash-1-3 key (`b"remora-h"`, little endian).
@@ -80,13 +81,12 @@ pub fn ip_key(ip: IpAddr) -> Vec<u8> {
 /// Values of the cookie `name` in the request's `Cookie` headers, in order.
 /// Malformed pairs and non-UTF-8 headers are skipped.
 pub fn request_cookies<'h>(
-    headers: &'h http::HeaderMap,
+    fields: ClientFields<'h>,
     name: &'h str,
 ) -> impl Iterator<Item = &'h str> + 'h {
-    headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .filter_map(|v| std::str::from_utf8(v.as_bytes()).ok())
+    fields
+        .get_all("cookie")
+        .filter_map(|v| std::str::from_utf8(v).ok())
         .flat_map(|v| v.split(';'))
         .filter_map(move |pair| {
             let (n, val) = pair.split_once('=')?;
@@ -98,11 +98,11 @@ pub fn request_cookies<'h>(
 pub fn request_key_bytes(key: &HashKey, req: &RequestKey<'_>) -> Vec<u8> {
     match key {
         HashKey::SourceIp => ip_key(req.client_ip),
-        HashKey::Header(name) => match req.headers.get(name) {
-            Some(v) => v.as_bytes().to_vec(),
+        HashKey::Header(name) => match req.fields.get(name.as_str()) {
+            Some(v) => v.to_vec(),
             None => ip_key(req.client_ip),
         },
-        HashKey::Cookie(name) => match request_cookies(req.headers, name).next() {
+        HashKey::Cookie(name) => match request_cookies(req.fields, name).next() {
             Some(v) => v.as_bytes().to_vec(),
             None => ip_key(req.client_ip),
         },

@@ -22,6 +22,7 @@ use std::net::IpAddr;
 use std::str::FromStr;
 use std::sync::Arc;
 
+use crate::fields::ClientFields;
 use http::HeaderName;
 
 pub mod hash;
@@ -222,8 +223,8 @@ impl Eligibility for EligibilityTable {
 pub struct RequestKey<'a> {
     /// Client address (after PROXY protocol, if any).
     pub client_ip: IpAddr,
-    /// Request headers.
-    pub headers: &'a http::HeaderMap,
+    /// Request fields.
+    pub fields: ClientFields<'a>,
     /// Request URI.
     pub uri: &'a http::Uri,
     /// The request came over TLS (affinity cookies get `Secure`).
@@ -232,10 +233,10 @@ pub struct RequestKey<'a> {
 
 impl<'a> RequestKey<'a> {
     /// A key for a plain-text request.
-    pub fn new(client_ip: IpAddr, headers: &'a http::HeaderMap, uri: &'a http::Uri) -> Self {
+    pub fn new(client_ip: IpAddr, fields: ClientFields<'a>, uri: &'a http::Uri) -> Self {
         Self {
             client_ip,
-            headers,
+            fields,
             uri,
             tls: false,
         }

@@ -61,7 +61,7 @@ impl Req {
     pub fn key(&self) -> super::RequestKey<'_> {
         super::RequestKey {
             client_ip: self.ip,
-            headers: &self.headers,
+            fields: crate::fields::ClientFields::Map(&self.headers),
             uri: &self.uri,
             tls: self.tls,
         }

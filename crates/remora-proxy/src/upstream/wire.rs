@@ -423,7 +423,8 @@ impl<'a> Fields<'a> {
     }
 }
 
-fn trim(b: &[u8]) -> &[u8] {
+/// `b` without leading and trailing ASCII whitespace.
+pub(crate) fn trim(b: &[u8]) -> &[u8] {
     let start = b
         .iter()
         .position(|c| !c.is_ascii_whitespace())
