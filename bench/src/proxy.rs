@@ -65,6 +65,9 @@ enum Target {
     Direct,
     Remora,
     Haproxy,
+    /// HAProxy adding no forwarding fields (its default): less work per
+    /// request than the others, shown for comparison.
+    HaproxyBare,
     Nginx,
 }
 
@@ -74,6 +77,7 @@ impl Target {
             Target::Direct => "direct",
             Target::Remora => "remora",
             Target::Haproxy => "haproxy",
+            Target::HaproxyBare => "haproxy-bare",
             Target::Nginx => "nginx",
         }
     }
@@ -184,6 +188,7 @@ pub fn run(args: Args) -> Result<(), BenchError> {
             Target::Direct,
             Target::Remora,
             Target::Haproxy,
+            Target::HaproxyBare,
             Target::Nginx,
         ]
     };
@@ -390,12 +395,15 @@ fn start(target: Target, ctx: &Ctx) -> Result<Running, BenchError> {
             let conf = configs::nginx_proxy(&prefix, listen, ctx.backend, &ctx.limits);
             spawn_nginx("nginx proxy", &ctx.nginx, &prefix, &conf)?
         }
-        Target::Haproxy => {
-            let path = ctx.dir.join("haproxy.cfg");
-            write_file(&path, &configs::haproxy(listen, ctx.backend, &ctx.limits))?;
+        Target::Haproxy | Target::HaproxyBare => {
+            let forwarding = target == Target::Haproxy;
+            let name = target.name();
+            let path = ctx.dir.join(format!("{name}.cfg"));
+            let conf = configs::haproxy(listen, ctx.backend, &ctx.limits, forwarding);
+            write_file(&path, &conf)?;
             let mut cmd = Command::new(&ctx.haproxy);
             cmd.arg("-db").arg("-f").arg(&path);
-            Guard::spawn("haproxy", cmd, &ctx.dir.join("haproxy.log"))?
+            Guard::spawn(name, cmd, &ctx.dir.join(format!("{name}.log")))?
         }
         Target::Remora => {
             let bin = ctx.remora.as_ref().ok_or_else(|| {
@@ -440,7 +448,9 @@ fn start(target: Target, ctx: &Ctx) -> Result<Running, BenchError> {
     let cookie = match target {
         Target::Direct => None,
         Target::Nginx => Some(format!("{}=bench-client", configs::NGINX_COOKIE)),
-        Target::Haproxy => find_cookie(&head.set_cookies, configs::HAPROXY_COOKIE),
+        Target::Haproxy | Target::HaproxyBare => {
+            find_cookie(&head.set_cookies, configs::HAPROXY_COOKIE)
+        }
         Target::Remora => find_cookie(&head.set_cookies, configs::REMORA_COOKIE),
     };
     Ok(Running {

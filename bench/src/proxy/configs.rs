@@ -82,7 +82,8 @@ pub fn backend_nginx(prefix: &Path, listen: SocketAddr, limits: &Limits) -> Stri
 /// threads), upstream keep-alive, and `hash $cookie_route consistent` for
 /// affinity: open-source nginx has no `sticky cookie`, so the client's
 /// cookie picks the server and nginx sets none. No active health check
-/// exists in open-source nginx; passive `max_fails` is its default.
+/// exists in open-source nginx; passive `max_fails` is its default. The
+/// forwarding fields are Remora's, as for HAProxy ([`HAPROXY_FORWARDING`]).
 pub fn nginx_proxy(
     prefix: &Path,
     listen: SocketAddr,
@@ -106,6 +107,11 @@ pub fn nginx_proxy(
       proxy_pass http://app;
       proxy_http_version 1.1;
       proxy_set_header Connection \"\";
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto $scheme;
+      proxy_set_header Forwarded \"for=$remote_addr;proto=$scheme;host=\\\"$http_host\\\"\";
+      proxy_set_header Via \"1.1 nginx\";
+      add_header Via \"1.1 nginx\";
     }}
   }}
 }}
@@ -117,8 +123,16 @@ pub fn nginx_proxy(
 /// HAProxy 2.6: two threads, cookie insert affinity, HTTP health checks.
 /// `no strict-limits`: HAProxy wants two descriptors per `maxconn` and
 /// refuses to start when the hard open-file limit is lower (20,000 on the
-/// benchmark machine); it then runs with the limit it has.
-pub fn haproxy(listen: SocketAddr, backend: SocketAddr, limits: &Limits) -> String {
+/// benchmark machine); it then runs with the limit it has. `forwarding`:
+/// the request and response fields Remora sets ([`HAPROXY_FORWARDING`]);
+/// without, HAProxy adds none (its default).
+pub fn haproxy(
+    listen: SocketAddr,
+    backend: SocketAddr,
+    limits: &Limits,
+    forwarding: bool,
+) -> String {
+    let forwarding = if forwarding { HAPROXY_FORWARDING } else { "" };
     format!(
         "global
   no strict-limits
@@ -137,7 +151,7 @@ frontend web
   default_backend app
 backend app
   balance roundrobin
-  cookie {HAPROXY_COOKIE} insert indirect nocache
+{forwarding}  cookie {HAPROXY_COOKIE} insert indirect nocache
   option httpchk GET {HEALTH}
   http-check expect status 200-399
   default-server check inter 2s fall 3 rise 2
@@ -147,6 +161,18 @@ backend app
         maxconn = limits.max_clients + 100,
     )
 }
+
+/// What Remora does to every request and response by default (RFC 7239
+/// `Forwarded`, `X-Forwarded-For`, `X-Forwarded-Proto`, and `Via` both
+/// ways, which RFC 9110 section 7.6.3 asks of a proxy), in HAProxy 2.6's
+/// terms (it has no `option forwarded` before 2.7), so that both do the
+/// same work per request, and the backend parses the same fields.
+pub const HAPROXY_FORWARDING: &str = "  option forwardfor
+  http-request set-header X-Forwarded-Proto http
+  http-request add-header Forwarded \"for=%[src];proto=http;host=\\\"%[req.hdr(host)]\\\"\"
+  http-request add-header Via \"1.1 haproxy\"
+  http-response add-header Via \"1.1 haproxy\"
+";
 
 /// Remora: one listener, one pool of the backend twice, cookie affinity,
 /// HTTP health checks, a keyring in `keys`; keep-alive idle timeout as long
@@ -222,7 +248,11 @@ mod tests {
 
     #[test]
     fn haproxy_has_cookie_affinity_and_checks() {
-        let cfg = haproxy(addr(1), addr(2), &limits());
+        let cfg = haproxy(addr(1), addr(2), &limits(), true);
+        assert!(cfg.contains(HAPROXY_FORWARDING));
+        assert!(cfg.contains("option forwardfor"));
+        let bare = haproxy(addr(1), addr(2), &limits(), false);
+        assert!(!bare.contains("forwardfor") && !bare.contains("Via"));
         assert!(cfg.contains("cookie SRV insert indirect nocache"));
         assert!(cfg.contains("nbthread 2"));
         assert!(cfg.contains("option httpchk GET /health"));
@@ -235,6 +265,7 @@ mod tests {
         let dir = Path::new("/tmp/x");
         let proxy = nginx_proxy(dir, addr(1), addr(2), &limits());
         assert!(proxy.contains("hash $cookie_route consistent;"));
+        assert!(proxy.contains("X-Forwarded-For $proxy_add_x_forwarded_for;"));
         assert!(proxy.contains("worker_processes 2;"));
         assert!(!proxy.contains("user root"));
         assert!(proxy.contains("worker_connections 4096;"));
@@ -300,15 +331,18 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let limits = limits();
         if let Some(haproxy_bin) = crate::proc::which("haproxy") {
-            let path = dir.path().join("haproxy.cfg");
-            std::fs::write(&path, haproxy(addr(1), addr(2), &limits)).expect("write");
-            let out = std::process::Command::new(haproxy_bin)
-                .arg("-c")
-                .arg("-f")
-                .arg(&path)
-                .output()
-                .expect("run haproxy -c");
-            assert!(out.status.success(), "{out:?}");
+            for forwarding in [true, false] {
+                let path = dir.path().join("haproxy.cfg");
+                let cfg = haproxy(addr(1), addr(2), &limits, forwarding);
+                std::fs::write(&path, cfg).expect("write");
+                let out = std::process::Command::new(&haproxy_bin)
+                    .arg("-c")
+                    .arg("-f")
+                    .arg(&path)
+                    .output()
+                    .expect("run haproxy -c");
+                assert!(out.status.success(), "{out:?}");
+            }
         } else {
             eprintln!("skipping the haproxy check: haproxy is not installed");
         }

@@ -19,7 +19,7 @@ pub(super) fn print_table(load: &Load, outcomes: &[(Target, Outcome)], idle_coun
         configs::FILE
     );
     println!(
-        "{:<8} {:>10} {:>8} {:>8} {:>12} {:>13} {:>8} {:>18}",
+        "{:<12} {:>10} {:>8} {:>8} {:>12} {:>13} {:>8} {:>18}",
         "target", "req/s", "p50 ms", "p99 ms", "CPU us/req", "peak RSS MB", "errors", "idle RSS MB"
     );
     for (target, o) in outcomes {
@@ -46,7 +46,7 @@ pub(super) fn print_table(load: &Load, outcomes: &[(Target, Outcome)], idle_coun
             _ => dash(),
         };
         println!(
-            "{:<8} {rps:>10} {p50:>8} {p99:>8} {cpu:>12} {rss:>13} {errors:>8} {idle:>18}",
+            "{:<12} {rps:>10} {p50:>8} {p99:>8} {cpu:>12} {rss:>13} {errors:>8} {idle:>18}",
             target.name()
         );
     }
@@ -94,6 +94,11 @@ pub(super) fn json_line(load: &Load, outcomes: &[(Target, Outcome)], idle_count:
         ("nginx_errors", errors(Target::Nginx)),
         ("remora_sticky", sticky(Target::Remora)),
         ("haproxy_sticky", sticky(Target::Haproxy)),
+        ("haproxy_bare_rps", rps(Target::HaproxyBare)),
+        ("haproxy_bare_p50_ms", p50(Target::HaproxyBare)),
+        ("haproxy_bare_p99_ms", p99(Target::HaproxyBare)),
+        ("haproxy_bare_cpu_us_per_req", cpu(Target::HaproxyBare)),
+        ("haproxy_bare_errors", errors(Target::HaproxyBare)),
         ("idle_connections", Value::from(idle_count)),
         ("connections", Value::from(load.connections)),
         ("threads", Value::from(load.threads)),
