@@ -90,6 +90,27 @@ struct Running {
     addr: SocketAddr,
     /// `Cookie: ...` carrying the affinity, if the target gave one.
     cookie: Option<String>,
+    /// The name of the affinity cookie the target issues, if it issues one.
+    cookie_name: Option<&'static str>,
+}
+
+impl Running {
+    /// Sends one request with the cookie and keeps the one the answer sets
+    /// in its place, as a browser would. wrk sends one fixed cookie; a
+    /// cookie that records when it was last seen (Remora's) would be a
+    /// minute old after a few rounds, and every request of a run would then
+    /// take the refresh path (seal, `Set-Cookie`), which a real client takes
+    /// once a minute.
+    fn renew_cookie(&mut self) -> Result<(), BenchError> {
+        let (Some(name), Some(cookie)) = (self.cookie_name, &self.cookie) else {
+            return Ok(());
+        };
+        let head = http::get(self.addr, configs::FILE, &[format!("Cookie: {cookie}")])?;
+        if let Some(renewed) = find_cookie(&head.set_cookies, name) {
+            self.cookie = Some(renewed);
+        }
+        Ok(())
+    }
 }
 
 /// One wrk run and the CPU the target used for it.
@@ -238,7 +259,10 @@ pub fn run(args: Args) -> Result<(), BenchError> {
                 target.name()
             ));
             bar.set_position(phase * 100);
-            if let Err(e) = measure_load(running, &load, &bar, phase * 100, outcome) {
+            let measured = running
+                .renew_cookie()
+                .and_then(|()| measure_load(running, &load, &bar, phase * 100, outcome));
+            if let Err(e) = measured {
                 note(&bar, format!("{}: {e}", target.name()));
                 outcome.error = Some(e.to_string());
             }
@@ -388,6 +412,7 @@ fn start(target: Target, ctx: &Ctx) -> Result<Running, BenchError> {
                 guard: None,
                 addr: ctx.backend,
                 cookie: None,
+                cookie_name: None,
             });
         }
         Target::Nginx => {
@@ -445,19 +470,21 @@ fn start(target: Target, ctx: &Ctx) -> Result<Running, BenchError> {
             _ => std::thread::sleep(Duration::from_millis(100)),
         }
     };
+    let cookie_name = match target {
+        Target::Direct | Target::Nginx => None,
+        Target::Haproxy | Target::HaproxyBare => Some(configs::HAPROXY_COOKIE),
+        Target::Remora => Some(configs::REMORA_COOKIE),
+    };
     let cookie = match target {
-        Target::Direct => None,
         Target::Nginx => Some(format!("{}=bench-client", configs::NGINX_COOKIE)),
-        Target::Haproxy | Target::HaproxyBare => {
-            find_cookie(&head.set_cookies, configs::HAPROXY_COOKIE)
-        }
-        Target::Remora => find_cookie(&head.set_cookies, configs::REMORA_COOKIE),
+        _ => cookie_name.and_then(|name| find_cookie(&head.set_cookies, name)),
     };
     Ok(Running {
         name: target.name(),
         guard: Some(guard),
         addr: listen,
         cookie,
+        cookie_name,
     })
 }
 
