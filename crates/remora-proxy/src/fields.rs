@@ -81,6 +81,15 @@ pub enum ClientFields<'a> {
 }
 
 impl<'a> ClientFields<'a> {
+    /// A request's fields: its head's `lines` when it has them (HTTP/1.1;
+    /// its map is then empty), else its `map`.
+    pub fn new(lines: Option<&'a RequestLines>, map: &'a HeaderMap) -> ClientFields<'a> {
+        match lines {
+            Some(l) => ClientFields::Lines(l),
+            None => ClientFields::Map(map),
+        }
+    }
+
     /// Name and value of each field, in order (names in a map are lower
     /// case; lines keep the client's case).
     pub fn iter(self) -> Iter<'a> {

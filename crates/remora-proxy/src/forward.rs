@@ -544,22 +544,26 @@ mod tests {
             tls: false,
         };
         let fwd = Forwarding::new(&c);
-        let mut out = Vec::new();
-        write_request_fields(
-            &mut out,
-            ClientFields::Map(&h),
-            &fwd,
-            Version::HTTP_11,
-            Some("shop.test"),
-            "10.0.0.1:80",
-        );
-        assert_eq!(
-            String::from_utf8(out).unwrap(),
-            "host: shop.test\r\ncookie: a=1\r\n\
-             x-forwarded-for: 198.51.100.1, 198.51.100.2, 203.0.113.7\r\n\
+        let wire = |fields: ClientFields<'_>| {
+            let mut out = Vec::new();
+            let host = Some("shop.test");
+            write_request_fields(
+                &mut out,
+                fields,
+                &fwd,
+                Version::HTTP_11,
+                host,
+                "10.0.0.1:80",
+            );
+            String::from_utf8(out).unwrap()
+        };
+        let merged = "x-forwarded-for: 198.51.100.1, 198.51.100.2, 203.0.113.7\r\n\
              x-forwarded-proto: http\r\n\
              forwarded: for=203.0.113.7;proto=http;host=\"shop.test\"\r\n\
-             via: 1.0 edge, 1.1 remora\r\n"
+             via: 1.0 edge, 1.1 remora\r\n";
+        assert_eq!(
+            wire(ClientFields::Map(&h)),
+            format!("host: shop.test\r\ncookie: a=1\r\n{merged}")
         );
         // The same rules through the map.
         let mut m = h.clone();
@@ -581,22 +585,9 @@ mod tests {
                X-Forwarded-Proto: gopher\r\nVIA: 1.0 edge\r\nCookie: a=1\r\n\r\n"[..],
         );
         let parsed = crate::h1::head::parse(&mut head, 8192).unwrap().unwrap();
-        let mut out = Vec::new();
-        write_request_fields(
-            &mut out,
-            ClientFields::Lines(&parsed.fields),
-            &fwd,
-            Version::HTTP_11,
-            Some("shop.test"),
-            "10.0.0.1:80",
-        );
         assert_eq!(
-            String::from_utf8(out).unwrap(),
-            "Host: shop.test\r\nCookie: a=1\r\n\
-             x-forwarded-for: 198.51.100.1, 198.51.100.2, 203.0.113.7\r\n\
-             x-forwarded-proto: http\r\n\
-             forwarded: for=203.0.113.7;proto=http;host=\"shop.test\"\r\n\
-             via: 1.0 edge, 1.1 remora\r\n"
+            wire(ClientFields::Lines(&parsed.fields)),
+            format!("Host: shop.test\r\nCookie: a=1\r\n{merged}")
         );
         // No Host: the authority asked for, else the server's address.
         let mut out = Vec::new();

@@ -355,10 +355,7 @@ async fn proxy<B: RequestBody>(
         )
         .into();
     }
-    let fields = match &lines {
-        Some(l) => ClientFields::Lines(l),
-        None => ClientFields::Map(req.headers()),
-    };
+    let fields = ClientFields::new(lines.as_ref(), req.headers());
     let declared = content_length(fields);
     if declared.is_some_and(|n| n > limits.max_body_bytes) {
         return local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n").into();
@@ -443,10 +440,7 @@ async fn forward_with_retries<B: RequestBody>(
         host,
     } = request;
     let (parts, body) = req.into_parts();
-    let client_fields = match &lines {
-        Some(l) => ClientFields::Lines(l),
-        None => ClientFields::Map(&parts.headers),
-    };
+    let client_fields = ClientFields::new(lines.as_ref(), &parts.headers);
     let body_empty = body.is_end_stream();
     let retry_any = idempotent(&parts.method) && body_empty;
     let client_version = parts.version;
