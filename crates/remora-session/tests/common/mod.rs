@@ -146,11 +146,17 @@ impl PrivateRedisCluster {
     pub fn start() -> Option<Self> {
         let mut nodes = Vec::new();
         for _ in 0..3 {
+            // The bus port is given: by default it is the port plus 10,000,
+            // and a free port above 55535 (a fifth of Linux's ephemeral range)
+            // then makes the node refuse to start.
+            let bus = free_port().to_string();
             nodes.push(PrivateRedis::start_with(&[
                 "--cluster-enabled",
                 "yes",
                 "--cluster-config-file",
                 "nodes.conf",
+                "--cluster-port",
+                &bus,
             ])?);
         }
         let addrs: Vec<String> = nodes
