@@ -58,10 +58,42 @@ impl Drop for Proc {
     }
 }
 
-/// A free local port (bound then released).
+/// A free local port (bound then released), below the kernel's ephemeral
+/// range: a port from that range (what binding port 0 gives) can be taken
+/// by an outgoing connection of a test running in parallel between this
+/// check and the server's own bind, and the server then cannot start.
 pub fn free_addr() -> SocketAddr {
+    use std::hash::{BuildHasher, RandomState};
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (low, high) = (10_000u16, ephemeral_low.max(10_001));
+    for _ in 0..1000 {
+        let r = RandomState::new().hash_one(Instant::now());
+        let port = low + (r % u64::from(high - low)) as u16;
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
+            return l.local_addr().expect("local addr");
+        }
+    }
     let l = TcpListener::bind("127.0.0.1:0").expect("bind :0");
     l.local_addr().expect("local addr")
+}
+
+/// Waits until `addr` accepts TCP connections, while `proc` runs; false
+/// when it exited or the time ran out.
+fn listening_while_alive(proc: &mut Proc, addr: SocketAddr, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+            return true;
+        }
+        if !matches!(proc.child.try_wait(), Ok(None)) {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
 }
 
 /// Waits until `addr` accepts TCP connections.
@@ -225,9 +257,13 @@ pub fn start_in(dir: tempfile::TempDir, text: &str, addr: SocketAddr, admin: Soc
         .stderr(log)
         .spawn()
         .expect("spawn remora serve");
-    let proc = Proc { child };
-    wait_listening(addr, Duration::from_secs(10));
-    wait_listening(admin, Duration::from_secs(10));
+    let mut proc = Proc { child };
+    for a in [addr, admin] {
+        if !listening_while_alive(&mut proc, a, Duration::from_secs(10)) {
+            let log = std::fs::read_to_string(dir.path().join("remora.log")).unwrap_or_default();
+            panic!("remora serve did not start listening on {a}:\n{log}");
+        }
+    }
     Remora {
         dir,
         config,
