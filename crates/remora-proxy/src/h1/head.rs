@@ -133,9 +133,9 @@ pub fn parse(buf: &mut BytesMut, max: usize) -> Result<Option<RequestHead>, Head
     let mut expect_continue = false;
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
-        // httparse lets obs-fold and obs-text through only in responses,
-        // and never a line break: checked all the same, as the lines go
-        // to the server as they are.
+        // httparse ends a request's field line at its line break (it
+        // refuses obs-fold in requests), so no value should hold one:
+        // checked all the same, as the lines go to the server as they are.
         if h.value.contains(&b'\n') {
             return Err(HeadError::Field);
         }
