@@ -210,6 +210,34 @@ pub fn tree_cpu_ticks(root: u32) -> u64 {
         .sum()
 }
 
+/// Times the kernel has taken the CPU from a thread of `root` or its live
+/// descendants while it could still run (`nonvoluntary_ctxt_switches`
+/// summed over `/proc/PID/task/*/status`): how often busy neighbours
+/// preempted it.
+pub fn tree_preemptions(root: u32) -> u64 {
+    let mut total = 0;
+    for pid in tree_pids(root) {
+        let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            if let Ok(status) = fs::read_to_string(task.path().join("status")) {
+                total += status_count(&status, "nonvoluntary_ctxt_switches").unwrap_or(0);
+            }
+        }
+    }
+    total
+}
+
+/// A plain count (such as `voluntary_ctxt_switches`) from the text of
+/// `/proc/PID/status`.
+fn status_count(status: &str, field: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|rest| rest.trim().parse().ok())
+}
+
 /// CPU time (user + system) used so far by this process alone (all its
 /// threads, none of its children), in clock ticks.
 pub fn self_cpu_ticks() -> u64 {
@@ -301,6 +329,14 @@ mod tests {
         assert_eq!(status_kb(status, "VmRSS"), Some(1024));
         assert_eq!(status_kb(status, "VmHWM"), Some(2048));
         assert_eq!(status_kb(status, "VmSwap"), None);
+    }
+
+    #[test]
+    fn switch_counts_parse_by_exact_name() {
+        let status = "voluntary_ctxt_switches:\t120\nnonvoluntary_ctxt_switches:\t7\n";
+        assert_eq!(status_count(status, "voluntary_ctxt_switches"), Some(120));
+        assert_eq!(status_count(status, "nonvoluntary_ctxt_switches"), Some(7));
+        assert_eq!(status_count(status, "Threads"), None);
     }
 
     #[test]

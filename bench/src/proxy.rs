@@ -42,6 +42,16 @@ pub struct Args {
     /// `$CARGO_TARGET_DIR/release/remora`, then `target/release/remora`).
     #[arg(long)]
     remora_bin: Option<PathBuf>,
+    /// A second `remora` binary (another build), measured as
+    /// `remora-compare` with the same config, interleaved with the others:
+    /// two builds compared within one sitting.
+    #[arg(long)]
+    compare_bin: Option<PathBuf>,
+    /// Targets not to measure under load, comma-separated (`direct`,
+    /// `remora`, `remora-compare`, `haproxy`, `haproxy-bare`, `nginx`): shorter sittings when
+    /// only some figures are wanted.
+    #[arg(long, value_delimiter = ',')]
+    skip: Vec<String>,
     /// Measure every target this many times, interleaved, and report the
     /// median run of each (by requests/s).
     #[arg(long, default_value_t = 1)]
@@ -64,6 +74,8 @@ pub struct Args {
 enum Target {
     Direct,
     Remora,
+    /// Remora from `--compare-bin`.
+    RemoraCompare,
     Haproxy,
     /// HAProxy adding no forwarding fields (its default): less work per
     /// request than the others, shown for comparison.
@@ -76,6 +88,7 @@ impl Target {
         match self {
             Target::Direct => "direct",
             Target::Remora => "remora",
+            Target::RemoraCompare => "remora-compare",
             Target::Haproxy => "haproxy",
             Target::HaproxyBare => "haproxy-bare",
             Target::Nginx => "nginx",
@@ -120,6 +133,9 @@ struct Run {
     /// CPU time (user + system) of the target's processes per completed
     /// request, microseconds; `None` for the direct run.
     cpu_us_per_req: Option<f64>,
+    /// Times the target's threads were preempted, per completed request
+    /// (see `proc::tree_preemptions`); `None` for the direct run.
+    preempted_per_req: Option<f64>,
 }
 
 /// One target's figures.
@@ -131,6 +147,8 @@ struct Outcome {
     report: Option<Report>,
     /// CPU per request in the median round.
     cpu_us_per_req: Option<f64>,
+    /// Preemptions per request in the median round.
+    preempted_per_req: Option<f64>,
     peak_rss_kb: Option<u64>,
     sticky: bool,
     idle_rss_kb: Option<u64>,
@@ -144,6 +162,8 @@ struct Ctx {
     nginx: PathBuf,
     haproxy: PathBuf,
     remora: Option<PathBuf>,
+    /// `--compare-bin`.
+    remora_compare: Option<PathBuf>,
     limits: Limits,
 }
 
@@ -199,19 +219,32 @@ pub fn run(args: Args) -> Result<(), BenchError> {
         nginx: tools.0,
         haproxy: tools.1,
         remora: remora_bin,
+        remora_compare: args.compare_bin.clone(),
         limits,
     };
 
-    let targets: &[Target] = if args.only_idle {
-        &[]
+    let all = [
+        Target::Direct,
+        Target::Remora,
+        Target::RemoraCompare,
+        Target::Haproxy,
+        Target::HaproxyBare,
+        Target::Nginx,
+    ];
+    for name in &args.skip {
+        if !all.iter().any(|t| t.name() == name) {
+            return Err(BenchError::Setup(format!(
+                "--skip {name}: no such target (direct, remora, remora-compare, haproxy, haproxy-bare, nginx)"
+            )));
+        }
+    }
+    let targets: Vec<Target> = if args.only_idle {
+        Vec::new()
     } else {
-        &[
-            Target::Direct,
-            Target::Remora,
-            Target::Haproxy,
-            Target::HaproxyBare,
-            Target::Nginx,
-        ]
+        all.into_iter()
+            .filter(|t| *t != Target::RemoraCompare || args.compare_bin.is_some())
+            .filter(|t| !args.skip.iter().any(|s| s == t.name()))
+            .collect()
     };
     let idle_targets: &[Target] = if idle_count > 0 {
         &[Target::Remora, Target::Haproxy]
@@ -225,7 +258,7 @@ pub fn run(args: Args) -> Result<(), BenchError> {
     // Start every target first, then measure them in turn, round after
     // round, so a burst of outside load hits each of them alike.
     let mut started: Vec<(Target, Option<Running>, Outcome)> = Vec::new();
-    for &target in targets {
+    for &target in &targets {
         bar.set_message(format!("starting {}", target.name()));
         let mut outcome = Outcome::default();
         let running = match start(target, &ctx) {
@@ -276,8 +309,9 @@ pub fn run(args: Args) -> Result<(), BenchError> {
         if let Some(run) = median_by_rps(&outcome.runs) {
             outcome.report = Some(run.report);
             outcome.cpu_us_per_req = run.cpu_us_per_req;
+            outcome.preempted_per_req = run.preempted_per_req;
         }
-        if target == Target::Direct && outcome.report.is_none() && !args.only_idle {
+        if target == Target::Direct && outcome.report.is_none() {
             bar.finish_and_clear();
             return Err(BenchError::Setup(format!(
                 "direct run failed: {}",
@@ -430,16 +464,21 @@ fn start(target: Target, ctx: &Ctx) -> Result<Running, BenchError> {
             cmd.arg("-db").arg("-f").arg(&path);
             Guard::spawn(name, cmd, &ctx.dir.join(format!("{name}.log")))?
         }
-        Target::Remora => {
-            let bin = ctx.remora.as_ref().ok_or_else(|| {
+        Target::Remora | Target::RemoraCompare => {
+            let bin = match target {
+                Target::Remora => ctx.remora.as_ref(),
+                _ => ctx.remora_compare.as_ref(),
+            };
+            let bin = bin.ok_or_else(|| {
                 BenchError::Setup(
                     "no remora release binary (cargo build --release -p remora)".into(),
                 )
             })?;
-            let keys = ctx.dir.join("remora.keys");
+            let name = target.name();
+            let keys = ctx.dir.join(format!("{name}.keys"));
             write_file(&keys, &format!("{}\n", remora_seal::generate_key_b64()))?;
             let admin = SocketAddr::from(([127, 0, 0, 1], proc::free_port()?));
-            let path = ctx.dir.join("remora.toml");
+            let path = ctx.dir.join(format!("{name}.toml"));
             write_file(
                 &path,
                 &configs::remora(listen, admin, ctx.backend, &keys, &ctx.limits),
@@ -449,7 +488,7 @@ fn start(target: Target, ctx: &Ctx) -> Result<Running, BenchError> {
             // Like HAProxy (no `log`) and nginx (`access_log off`): no
             // per-request access log; startup and warnings still logged.
             cmd.env("REMORA_LOG", "info,remora::access=off");
-            Guard::spawn("remora", cmd, &ctx.dir.join("remora.log"))?
+            Guard::spawn(name, cmd, &ctx.dir.join(format!("{name}.log")))?
         }
     };
     proc::wait_for_port(listen, &mut guard, Duration::from_secs(15))?;
@@ -473,7 +512,7 @@ fn start(target: Target, ctx: &Ctx) -> Result<Running, BenchError> {
     let cookie_name = match target {
         Target::Direct | Target::Nginx => None,
         Target::Haproxy | Target::HaproxyBare => Some(configs::HAPROXY_COOKIE),
-        Target::Remora => Some(configs::REMORA_COOKIE),
+        Target::Remora | Target::RemoraCompare => Some(configs::REMORA_COOKIE),
     };
     let cookie = match target {
         Target::Nginx => Some(format!("{}=bench-client", configs::NGINX_COOKIE)),
@@ -513,6 +552,7 @@ fn measure_load(
     let pid = running.guard.as_ref().map(Guard::pid);
     let mut peak = outcome.peak_rss_kb.max(pid.map(proc::tree_rss_kb));
     let cpu_before = pid.map(proc::tree_cpu_ticks);
+    let preempted_before = pid.map(proc::tree_preemptions);
     let total = load.duration.as_secs_f64().max(1.0);
     let result = wrk::run(&url, &headers, load, |elapsed| {
         if let Some(pid) = pid {
@@ -531,6 +571,13 @@ fn measure_load(
         }
         _ => None,
     };
+    let preempted_per_req = match (pid, preempted_before) {
+        (Some(pid), Some(before)) if report.requests > 0 => {
+            let count = proc::tree_preemptions(pid).saturating_sub(before);
+            Some(count as f64 / report.requests as f64)
+        }
+        _ => None,
+    };
     if report.non_2xx > 0 || report.socket_errors > 0 {
         note(
             bar,
@@ -543,6 +590,7 @@ fn measure_load(
     outcome.runs.push(Run {
         report,
         cpu_us_per_req,
+        preempted_per_req,
     });
     Ok(())
 }
@@ -620,12 +668,14 @@ mod tests {
         let run = |rps, p99| Run {
             report: report(rps, p99),
             cpu_us_per_req: Some(p99 * 10.0),
+            preempted_per_req: Some(p99 / 10.0),
         };
         assert_eq!(median_by_rps(&[]), None);
         let runs = [run(3.0, 1.0), run(1.0, 2.0), run(2.0, 3.0)];
         let median = median_by_rps(&runs).expect("median");
         assert_eq!(median.report.p99_ms, 3.0);
         assert_eq!(median.cpu_us_per_req, Some(30.0));
+        assert_eq!(median.preempted_per_req, Some(0.3));
         let even = [run(4.0, 1.0), run(1.0, 2.0)];
         assert_eq!(median_by_rps(&even).map(|r| r.report.rps), Some(1.0));
     }

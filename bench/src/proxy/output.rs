@@ -19,8 +19,16 @@ pub(super) fn print_table(load: &Load, outcomes: &[(Target, Outcome)], idle_coun
         configs::FILE
     );
     println!(
-        "{:<12} {:>10} {:>8} {:>8} {:>12} {:>13} {:>8} {:>18}",
-        "target", "req/s", "p50 ms", "p99 ms", "CPU us/req", "peak RSS MB", "errors", "idle RSS MB"
+        "{:<14} {:>10} {:>8} {:>8} {:>12} {:>12} {:>13} {:>8} {:>18}",
+        "target",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "CPU us/req",
+        "preempt/req",
+        "peak RSS MB",
+        "errors",
+        "idle RSS MB"
     );
     for (target, o) in outcomes {
         let dash = || "-".to_string();
@@ -37,6 +45,10 @@ pub(super) fn print_table(load: &Load, outcomes: &[(Target, Outcome)], idle_coun
             .cpu_us_per_req
             .map(|c| format!("{c:.1}"))
             .unwrap_or_else(dash);
+        let preempted = o
+            .preempted_per_req
+            .map(|c| format!("{c:.3}"))
+            .unwrap_or_else(dash);
         let rss = o
             .peak_rss_kb
             .map(|k| format!("{:.1}", mb(k)))
@@ -46,7 +58,7 @@ pub(super) fn print_table(load: &Load, outcomes: &[(Target, Outcome)], idle_coun
             _ => dash(),
         };
         println!(
-            "{:<12} {rps:>10} {p50:>8} {p99:>8} {cpu:>12} {rss:>13} {errors:>8} {idle:>18}",
+            "{:<14} {rps:>10} {p50:>8} {p99:>8} {cpu:>12} {preempted:>12} {rss:>13} {errors:>8} {idle:>18}",
             target.name()
         );
     }
@@ -62,6 +74,7 @@ pub(super) fn json_line(load: &Load, outcomes: &[(Target, Outcome)], idle_count:
     let idle = |t| num(get(t).and_then(|o| o.idle_rss_kb).map(mb));
     let sticky = |t| Value::from(get(t).is_some_and(|o| o.sticky));
     let cpu = |t| num(get(t).and_then(|o| o.cpu_us_per_req));
+    let preempted = |t| num(get(t).and_then(|o| o.preempted_per_req));
     let errors = |t| {
         get(t)
             .and_then(|o| o.report.as_ref())
@@ -99,6 +112,17 @@ pub(super) fn json_line(load: &Load, outcomes: &[(Target, Outcome)], idle_count:
         ("haproxy_bare_p99_ms", p99(Target::HaproxyBare)),
         ("haproxy_bare_cpu_us_per_req", cpu(Target::HaproxyBare)),
         ("haproxy_bare_errors", errors(Target::HaproxyBare)),
+        ("remora_compare_rps", rps(Target::RemoraCompare)),
+        ("remora_compare_p50_ms", p50(Target::RemoraCompare)),
+        ("remora_compare_p99_ms", p99(Target::RemoraCompare)),
+        ("remora_compare_cpu_us_per_req", cpu(Target::RemoraCompare)),
+        ("remora_compare_errors", errors(Target::RemoraCompare)),
+        ("remora_preempted_per_req", preempted(Target::Remora)),
+        (
+            "remora_compare_preempted_per_req",
+            preempted(Target::RemoraCompare),
+        ),
+        ("haproxy_preempted_per_req", preempted(Target::Haproxy)),
         ("idle_connections", Value::from(idle_count)),
         ("connections", Value::from(load.connections)),
         ("threads", Value::from(load.threads)),

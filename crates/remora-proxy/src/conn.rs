@@ -204,7 +204,9 @@ async fn serve_h2(shared: &Arc<Shared>, ctx: Arc<ConnCtx>, io: ClientIo, limits:
     builder
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(256);
+        .max_concurrent_streams(256)
+        // WebSocket over HTTP/2 (RFC 8441), see `websocket`.
+        .enable_connect_protocol();
     let svc_shared = shared.clone();
     let svc_ctx = ctx.clone();
     let svc = service_fn(move |req| proxy::handle(svc_shared.clone(), svc_ctx.clone(), req, None));

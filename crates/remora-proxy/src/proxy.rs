@@ -360,7 +360,13 @@ async fn proxy<B: RequestBody>(
     if declared.is_some_and(|n| n > limits.max_body_bytes) {
         return local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n").into();
     }
-    if req.method() == http::Method::CONNECT {
+    let handshake = websocket::handshake(
+        req.version(),
+        req.method(),
+        req.extensions().get::<hyper::ext::Protocol>(),
+        fields,
+    );
+    if req.method() == http::Method::CONNECT && handshake.is_none() {
         return local(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not supported\n").into();
     }
     let host = request_host(fields, req.uri());
@@ -392,7 +398,7 @@ async fn proxy<B: RequestBody>(
     if decision.candidates().is_empty() {
         return no_server("no server available\n").into();
     }
-    if websocket::is_upgrade(req.version(), fields) {
+    if let Some(handshake) = handshake {
         // The handshake goes through hyper's client, which wants a map.
         if let Some(l) = &lines {
             match l.to_header_map() {
@@ -400,7 +406,7 @@ async fn proxy<B: RequestBody>(
                 Err(_) => return local(StatusCode::BAD_REQUEST, "invalid header field\n").into(),
             }
         }
-        return websocket::proxy(ctx, &pool, decision, req, host, info, limits)
+        return websocket::proxy(ctx, &pool, decision, req, handshake, host, info, limits)
             .await
             .into();
     }
