@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
 use serve_support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -265,16 +264,8 @@ async fn websocket_echo_follows_affinity() {
         .expect("ws connect");
         assert_eq!(resp.status(), 101);
         for msg in ["hello", "again"] {
-            ws.send(tokio_tungstenite::tungstenite::Message::text(msg))
-                .await
-                .expect("send");
-            let reply = tokio::time::timeout(Duration::from_secs(5), ws.next())
-                .await
-                .expect("reply timeout")
-                .expect("stream open")
-                .expect("frame");
             assert_eq!(
-                reply.into_text().expect("text").as_str(),
+                ws_round_trip(&mut ws, msg).await,
                 format!("{}:{msg}", first.body)
             );
         }

@@ -20,6 +20,29 @@ fn certificate(dir: &std::path::Path) -> rcgen::CertifiedKey<rcgen::KeyPair> {
     ck
 }
 
+/// `remora serve` with a TLS listener (a fresh self-signed certificate)
+/// and cookie affinity over `servers`: the process, its address and the
+/// certificate to trust.
+fn start_tls(
+    servers: &[&Backend],
+) -> (
+    Remora,
+    std::net::SocketAddr,
+    rcgen::CertifiedKey<rcgen::KeyPair>,
+) {
+    let (addr, adm) = (free_addr(), free_addr());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ck = certificate(dir.path());
+    let text = config(
+        addr,
+        adm,
+        r#"tls = { cert = "cert.pem", key = "key.pem" }"#,
+        COOKIE_POOL,
+        &servers_toml(servers),
+    );
+    (start_in(dir, &text, addr, adm), addr, ck)
+}
+
 /// An HTTP/2 connection to `addr` over TLS (ALPN `h2` checked), trusting
 /// `ck`'s certificate.
 async fn h2_client(
@@ -70,17 +93,7 @@ fn ws_connect(addr: std::net::SocketAddr, path: &str, cookie: &str) -> http::Req
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_h2_via_alpn_with_secure_cookie() {
     let b1 = backend("b1");
-    let (addr, adm) = (free_addr(), free_addr());
-    let dir = tempfile::tempdir().expect("tempdir");
-    let ck = certificate(dir.path());
-    let text = config(
-        addr,
-        adm,
-        r#"tls = { cert = "cert.pem", key = "key.pem" }"#,
-        COOKIE_POOL,
-        &servers_toml(&[&b1]),
-    );
-    let r = start_in(dir, &text, addr, adm);
+    let (r, addr, ck) = start_tls(&[&b1]);
 
     let mut sender = h2_client(addr, &ck).await;
     let mut cookie = None;
@@ -118,21 +131,10 @@ async fn tls_h2_via_alpn_with_secure_cookie() {
 /// flow both ways on its stream, several tunnels on one connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_over_h2_follows_affinity() {
-    use futures_util::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::{Message, protocol::Role};
+    use tokio_tungstenite::tungstenite::protocol::Role;
 
     let (b1, b2) = (backend("b1"), backend("b2"));
-    let (addr, adm) = (free_addr(), free_addr());
-    let dir = tempfile::tempdir().expect("tempdir");
-    let ck = certificate(dir.path());
-    let text = config(
-        addr,
-        adm,
-        r#"tls = { cert = "cert.pem", key = "key.pem" }"#,
-        COOKIE_POOL,
-        &servers_toml(&[&b1, &b2]),
-    );
-    let r = start_in(dir, &text, addr, adm);
+    let (r, addr, ck) = start_tls(&[&b1, &b2]);
     let mut sender = h2_client(addr, &ck).await;
 
     // The first answer pins the client; by then the server's SETTINGS,
@@ -174,16 +176,7 @@ async fn websocket_over_h2_follows_affinity() {
     // Both tunnels open at once on the one connection.
     for (i, ws) in tunnels.iter_mut().enumerate() {
         let msg = format!("hello {i}");
-        ws.send(Message::text(msg.clone())).await.expect("send");
-        let reply = tokio::time::timeout(Duration::from_secs(5), ws.next())
-            .await
-            .expect("reply timeout")
-            .expect("stream open")
-            .expect("frame");
-        assert_eq!(
-            reply.into_text().expect("text").as_str(),
-            format!("{pinned}:{msg}")
-        );
+        assert_eq!(ws_round_trip(ws, &msg).await, format!("{pinned}:{msg}"));
     }
     for mut ws in tunnels {
         ws.close(None).await.expect("close");

@@ -412,3 +412,21 @@ impl Jar {
         }
     }
 }
+
+/// Sends `msg` as a text frame on `ws` and returns the text of the frame
+/// that comes back (5 s at most).
+pub async fn ws_round_trip<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>, msg: &str) -> String
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures_util::{SinkExt, StreamExt};
+    ws.send(tokio_tungstenite::tungstenite::Message::text(msg))
+        .await
+        .expect("send");
+    let reply = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("reply timeout")
+        .expect("stream open")
+        .expect("frame");
+    reply.into_text().expect("text").as_str().to_string()
+}
