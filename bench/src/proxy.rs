@@ -136,6 +136,9 @@ struct Run {
     /// Times the target's threads were preempted, per completed request
     /// (see `proc::tree_preemptions`); `None` for the direct run.
     preempted_per_req: Option<f64>,
+    /// CPU time of the backend (nginx) per completed request, microseconds:
+    /// what serving through this target costs the server.
+    backend_us_per_req: Option<f64>,
 }
 
 /// One target's figures.
@@ -149,6 +152,8 @@ struct Outcome {
     cpu_us_per_req: Option<f64>,
     /// Preemptions per request in the median round.
     preempted_per_req: Option<f64>,
+    /// Backend CPU per request in the median round.
+    backend_us_per_req: Option<f64>,
     peak_rss_kb: Option<u64>,
     sticky: bool,
     idle_rss_kb: Option<u64>,
@@ -292,9 +297,14 @@ pub fn run(args: Args) -> Result<(), BenchError> {
                 target.name()
             ));
             bar.set_position(phase * 100);
-            let measured = running
-                .renew_cookie()
-                .and_then(|()| measure_load(running, &load, &bar, phase * 100, outcome));
+            let measured = running.renew_cookie().and_then(|()| {
+                let at = Probe {
+                    bar: &bar,
+                    base: phase * 100,
+                    backend: backend.pid(),
+                };
+                measure_load(running, &load, &at, outcome)
+            });
             if let Err(e) = measured {
                 note(&bar, format!("{}: {e}", target.name()));
                 outcome.error = Some(e.to_string());
@@ -310,6 +320,7 @@ pub fn run(args: Args) -> Result<(), BenchError> {
             outcome.report = Some(run.report);
             outcome.cpu_us_per_req = run.cpu_us_per_req;
             outcome.preempted_per_req = run.preempted_per_req;
+            outcome.backend_us_per_req = run.backend_us_per_req;
         }
         if target == Target::Direct && outcome.report.is_none() {
             bar.finish_and_clear();
@@ -534,15 +545,24 @@ fn find_cookie(set_cookies: &[String], name: &str) -> Option<String> {
         .cloned()
 }
 
+/// Where a load run reports progress and what else it watches.
+struct Probe<'a> {
+    bar: &'a ProgressBar,
+    /// Progress-bar position of the run's start.
+    base: u64,
+    /// The backend's pid.
+    backend: u32,
+}
+
 /// One wrk run against a started target; adds its report to `outcome`
 /// and raises the recorded peak memory.
 fn measure_load(
     running: &Running,
     load: &Load,
-    bar: &ProgressBar,
-    base: u64,
+    at: &Probe<'_>,
     outcome: &mut Outcome,
 ) -> Result<(), BenchError> {
+    let (bar, base) = (at.bar, at.base);
     let headers: Vec<String> = running
         .cookie
         .iter()
@@ -553,6 +573,7 @@ fn measure_load(
     let mut peak = outcome.peak_rss_kb.max(pid.map(proc::tree_rss_kb));
     let cpu_before = pid.map(proc::tree_cpu_ticks);
     let preempted_before = pid.map(proc::tree_preemptions);
+    let backend_before = proc::tree_cpu_ticks(at.backend);
     let total = load.duration.as_secs_f64().max(1.0);
     let result = wrk::run(&url, &headers, load, |elapsed| {
         if let Some(pid) = pid {
@@ -563,14 +584,15 @@ fn measure_load(
     });
     outcome.peak_rss_kb = peak;
     let report = result?;
-    let cpu_us_per_req = match (pid, cpu_before) {
-        (Some(pid), Some(before)) if report.requests > 0 => {
-            let ticks = proc::tree_cpu_ticks(pid).saturating_sub(before);
-            let ticks_per_s = proc::clock_ticks_per_second() as f64;
-            Some(ticks as f64 / ticks_per_s * 1e6 / report.requests as f64)
-        }
-        _ => None,
+    let us_per_req = |pid: u32, before: u64| {
+        let ticks = proc::tree_cpu_ticks(pid).saturating_sub(before);
+        let ticks_per_s = proc::clock_ticks_per_second() as f64;
+        (report.requests > 0).then(|| ticks as f64 / ticks_per_s * 1e6 / report.requests as f64)
     };
+    let cpu_us_per_req = pid
+        .zip(cpu_before)
+        .and_then(|(pid, before)| us_per_req(pid, before));
+    let backend_us_per_req = us_per_req(at.backend, backend_before);
     let preempted_per_req = match (pid, preempted_before) {
         (Some(pid), Some(before)) if report.requests > 0 => {
             let count = proc::tree_preemptions(pid).saturating_sub(before);
@@ -591,6 +613,7 @@ fn measure_load(
         report,
         cpu_us_per_req,
         preempted_per_req,
+        backend_us_per_req,
     });
     Ok(())
 }
@@ -669,6 +692,7 @@ mod tests {
             report: report(rps, p99),
             cpu_us_per_req: Some(p99 * 10.0),
             preempted_per_req: Some(p99 / 10.0),
+            backend_us_per_req: None,
         };
         assert_eq!(median_by_rps(&[]), None);
         let runs = [run(3.0, 1.0), run(1.0, 2.0), run(2.0, 3.0)];

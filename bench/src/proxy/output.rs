@@ -19,13 +19,14 @@ pub(super) fn print_table(load: &Load, outcomes: &[(Target, Outcome)], idle_coun
         configs::FILE
     );
     println!(
-        "{:<14} {:>10} {:>8} {:>8} {:>12} {:>12} {:>13} {:>8} {:>18}",
+        "{:<14} {:>10} {:>8} {:>8} {:>12} {:>12} {:>14} {:>13} {:>8} {:>18}",
         "target",
         "req/s",
         "p50 ms",
         "p99 ms",
         "CPU us/req",
         "preempt/req",
+        "backend us/req",
         "peak RSS MB",
         "errors",
         "idle RSS MB"
@@ -49,6 +50,10 @@ pub(super) fn print_table(load: &Load, outcomes: &[(Target, Outcome)], idle_coun
             .preempted_per_req
             .map(|c| format!("{c:.3}"))
             .unwrap_or_else(dash);
+        let backend = o
+            .backend_us_per_req
+            .map(|c| format!("{c:.1}"))
+            .unwrap_or_else(dash);
         let rss = o
             .peak_rss_kb
             .map(|k| format!("{:.1}", mb(k)))
@@ -58,7 +63,7 @@ pub(super) fn print_table(load: &Load, outcomes: &[(Target, Outcome)], idle_coun
             _ => dash(),
         };
         println!(
-            "{:<14} {rps:>10} {p50:>8} {p99:>8} {cpu:>12} {preempted:>12} {rss:>13} {errors:>8} {idle:>18}",
+            "{:<14} {rps:>10} {p50:>8} {p99:>8} {cpu:>12} {preempted:>12} {backend:>14} {rss:>13} {errors:>8} {idle:>18}",
             target.name()
         );
     }
@@ -75,6 +80,7 @@ pub(super) fn json_line(load: &Load, outcomes: &[(Target, Outcome)], idle_count:
     let sticky = |t| Value::from(get(t).is_some_and(|o| o.sticky));
     let cpu = |t| num(get(t).and_then(|o| o.cpu_us_per_req));
     let preempted = |t| num(get(t).and_then(|o| o.preempted_per_req));
+    let backend = |t| num(get(t).and_then(|o| o.backend_us_per_req));
     let errors = |t| {
         get(t)
             .and_then(|o| o.report.as_ref())
@@ -123,6 +129,18 @@ pub(super) fn json_line(load: &Load, outcomes: &[(Target, Outcome)], idle_count:
             preempted(Target::RemoraCompare),
         ),
         ("haproxy_preempted_per_req", preempted(Target::Haproxy)),
+        ("direct_backend_us_per_req", backend(Target::Direct)),
+        ("remora_backend_us_per_req", backend(Target::Remora)),
+        (
+            "remora_compare_backend_us_per_req",
+            backend(Target::RemoraCompare),
+        ),
+        ("haproxy_backend_us_per_req", backend(Target::Haproxy)),
+        (
+            "haproxy_bare_backend_us_per_req",
+            backend(Target::HaproxyBare),
+        ),
+        ("nginx_backend_us_per_req", backend(Target::Nginx)),
         ("idle_connections", Value::from(idle_count)),
         ("connections", Value::from(load.connections)),
         ("threads", Value::from(load.threads)),

@@ -263,6 +263,9 @@ pub struct AffinityConfig {
     pub table_size: usize,
     /// Stateless: use the consistent hash instead of a stick table.
     pub stateless: bool,
+    /// Mode `cookie`: the affinity cookie also goes to the servers
+    /// (`false`: Remora takes it out of the request's `Cookie` fields).
+    pub forward_cookie: bool,
 }
 
 impl Default for AffinityConfig {
@@ -278,6 +281,7 @@ impl Default for AffinityConfig {
             ttl: Duration::from_secs(30 * 60),
             table_size: 100_000,
             stateless: false,
+            forward_cookie: false,
         }
     }
 }

@@ -189,7 +189,9 @@ pub fn add_forwarding(h: &mut HeaderMap, fwd: &Forwarding, version: Version, hos
 /// as one line), then `Host` when the request has none (`host`, the
 /// authority the client asked for, else `default_host`). `Content-Length`
 /// and `Transfer-Encoding` are left out: the body is framed by the caller.
-/// Names go out as the client wrote them.
+/// Names go out as the client wrote them. `hidden_cookie`: the cookie
+/// of that name is taken out of the `Cookie` fields (a field left with no
+/// cookie is left out).
 pub fn write_request_fields(
     out: &mut Vec<u8>,
     h: ClientFields<'_>,
@@ -197,6 +199,7 @@ pub fn write_request_fields(
     version: Version,
     host: Option<&str>,
     default_host: &str,
+    hidden_cookie: Option<&str>,
 ) {
     // Names `Connection` makes hop-by-hop for this request (rare).
     let mut nominated: Vec<&[u8]> = Vec::new();
@@ -217,6 +220,12 @@ pub fn write_request_fields(
             continue;
         }
         has_host |= name.eq_ignore_ascii_case(b"host");
+        if let Some(hidden) = hidden_cookie
+            && name.eq_ignore_ascii_case(b"cookie")
+        {
+            write_cookie_without(out, name, value, hidden);
+            continue;
+        }
         write_field(out, name, value);
     }
     let list = |out: &mut Vec<u8>, name: &'static str, item: &[u8]| {
@@ -243,6 +252,79 @@ pub fn write_request_fields(
             .filter(|h| HeaderValue::from_str(h).is_ok())
             .unwrap_or(default_host);
         write_field(out, b"host", host.as_bytes());
+    }
+}
+
+/// The pairs of a request's `Cookie` field `value` not named `name`, each
+/// trimmed (RFC 6265 section 5.4: `name=value` pairs joined by `"; "`).
+fn cookies_without<'v>(value: &'v [u8], name: &'v str) -> impl Iterator<Item = &'v [u8]> + 'v {
+    value.split(|b| *b == b';').map(trim).filter(move |pair| {
+        let n = pair
+            .iter()
+            .position(|b| *b == b'=')
+            .map_or(*pair, |i| trim(&pair[..i]));
+        !pair.is_empty() && n != name.as_bytes()
+    })
+}
+
+/// Whether `value` may hold the cookie `name` (a quick scan before
+/// [`cookies_without`] rewrites it).
+fn may_hold(value: &[u8], name: &str) -> bool {
+    let name = name.as_bytes();
+    !name.is_empty() && value.windows(name.len()).any(|w| w == name)
+}
+
+/// Writes the `Cookie` field `name: value` without the cookie `hidden`;
+/// nothing when no other cookie is left.
+fn write_cookie_without(out: &mut Vec<u8>, name: &[u8], value: &[u8], hidden: &str) {
+    if !may_hold(value, hidden) {
+        write_field(out, name, value);
+        return;
+    }
+    let mut pairs = cookies_without(value, hidden).peekable();
+    if pairs.peek().is_none() {
+        return;
+    }
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    for (i, pair) in pairs.enumerate() {
+        if i > 0 {
+            out.extend_from_slice(b"; ");
+        }
+        out.extend_from_slice(pair);
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Takes the cookie `hidden` out of the `Cookie` fields of `h` (the map
+/// form of what [`write_request_fields`] does with `hidden_cookie`).
+pub fn hide_cookie(h: &mut HeaderMap, hidden: &str) {
+    if !h
+        .get_all(header::COOKIE)
+        .iter()
+        .any(|v| may_hold(v.as_bytes(), hidden))
+    {
+        return;
+    }
+    let kept: Vec<HeaderValue> = h
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| {
+            let mut joined = Vec::new();
+            for (i, pair) in cookies_without(v.as_bytes(), hidden).enumerate() {
+                if i > 0 {
+                    joined.extend_from_slice(b"; ");
+                }
+                joined.extend_from_slice(pair);
+            }
+            HeaderValue::from_bytes(&joined)
+                .ok()
+                .filter(|_| !joined.is_empty())
+        })
+        .collect();
+    h.remove(header::COOKIE);
+    for v in kept {
+        h.append(header::COOKIE, v);
     }
 }
 
@@ -554,6 +636,7 @@ mod tests {
                 Version::HTTP_11,
                 host,
                 "10.0.0.1:80",
+                None,
             );
             String::from_utf8(out).unwrap()
         };
@@ -598,12 +681,67 @@ mod tests {
             Version::HTTP_2,
             None,
             "10.0.0.1:80",
+            None,
         );
         let text = String::from_utf8(out).unwrap();
         assert!(
             text.ends_with("via: 2 remora\r\nhost: 10.0.0.1:80\r\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn the_hidden_cookie_stays_with_remora() {
+        let fwd = Forwarding::new(&ClientInfo {
+            addr: "203.0.113.7:5000".parse().unwrap(),
+            tls: false,
+        });
+        let cookies = |head: &[u8]| {
+            let mut buf = bytes::BytesMut::from(head);
+            let parsed = crate::h1::head::parse(&mut buf, 8192).unwrap().unwrap();
+            let mut out = Vec::new();
+            write_request_fields(
+                &mut out,
+                ClientFields::Lines(&parsed.fields),
+                &fwd,
+                Version::HTTP_11,
+                None,
+                "10.0.0.1:80",
+                Some("AFF"),
+            );
+            let text = String::from_utf8(out).unwrap();
+            text.lines()
+                .filter(|l| l.to_ascii_lowercase().starts_with("cookie:"))
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        };
+        // Alone: the field goes; among others: only the pair goes, names
+        // that merely contain it stay.
+        assert!(cookies(b"GET / HTTP/1.1\r\nCookie: AFF=sealed\r\n\r\n").is_empty());
+        assert_eq!(
+            cookies(b"GET / HTTP/1.1\r\nCookie: a=1;AFF=x ; AFF2=y; xAFF=z;b\r\n\r\n"),
+            ["Cookie: a=1; AFF2=y; xAFF=z; b"]
+        );
+        assert_eq!(
+            cookies(b"GET / HTTP/1.1\r\ncookie: a=1\r\ncookie: AFF=x\r\n\r\n"),
+            ["cookie: a=1"]
+        );
+        // A field without it goes out as it came.
+        assert_eq!(
+            cookies(b"GET / HTTP/1.1\r\nCookie: a=1;  b=2\r\n\r\n"),
+            ["Cookie: a=1;  b=2"]
+        );
+        // The map form does the same.
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_static("AFF=x"));
+        h.append(header::COOKIE, HeaderValue::from_static("a=1; AFF=y; b=2"));
+        hide_cookie(&mut h, "AFF");
+        let left: Vec<_> = h.get_all(header::COOKIE).iter().collect();
+        assert_eq!(left, ["a=1; b=2"]);
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_static("AFF=x"));
+        hide_cookie(&mut h, "AFF");
+        assert!(h.get(header::COOKIE).is_none());
     }
 
     #[test]

@@ -356,6 +356,7 @@ pub fn affinity_config(config: &PoolConfig) -> affinity::AffinityConfig {
         ttl: a.ttl,
         table_size: a.table_size,
         stateless: a.stateless,
+        forward_cookie: a.forward_cookie,
         ..affinity::AffinityConfig::default()
     }
 }

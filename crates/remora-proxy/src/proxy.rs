@@ -497,6 +497,7 @@ async fn forward_with_retries<B: RequestBody>(
         // left out and this hop's forwarding fields merged in, without
         // changing (or copying) the client's header map.
         let server_address: &str = &server.address;
+        let hidden_cookie = pool.affinity.hidden_cookie();
         let fields = |out: &mut Vec<u8>| {
             forward::write_request_fields(
                 out,
@@ -505,6 +506,7 @@ async fn forward_with_retries<B: RequestBody>(
                 client_version,
                 host.as_deref(),
                 server_address,
+                hidden_cookie,
             );
         };
         let up = upstream::Outgoing {

@@ -96,6 +96,9 @@ pub async fn proxy<B>(
     let (mut parts, _) = req.into_parts();
     let upgrade = parts.headers.get(header::UPGRADE).cloned();
     strip_hop_by_hop(&mut parts.headers);
+    if let Some(hidden) = pool.affinity.hidden_cookie() {
+        forward::hide_cookie(&mut parts.headers, hidden);
+    }
     add_forwarding(
         &mut parts.headers,
         &ctx.forwarding,

@@ -58,6 +58,61 @@ async fn sticky_over_50_requests_and_spread_without_cookie() {
     assert!(metrics.contains(r#"outcome="invalid""#), "{metrics}");
 }
 
+/// The affinity cookie is Remora's own: servers never see it (as with
+/// HAProxy's `indirect`) while the application's cookies still reach them,
+/// unless `forward_cookie = true`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn affinity_cookie_is_kept_from_servers_unless_forwarded() {
+    let b1 = backend("b1");
+    for forward in [false, true] {
+        let (addr, adm) = (free_addr(), free_addr());
+        let pool = COOKIE_POOL.replace(
+            "mode = \"cookie\"",
+            &format!("mode = \"cookie\"\nforward_cookie = {forward}"),
+        );
+        let r = start(
+            &config(addr, adm, "", &pool, &servers_toml(&[&b1])),
+            addr,
+            adm,
+        );
+        let c = client();
+        let cookie = whoami(&c, &r, None)
+            .await
+            .affinity_cookie()
+            .expect("cookie");
+        let echoed = |resp: Resp| {
+            assert_eq!(resp.status, 200);
+            let echo: serde_json::Value = serde_json::from_str(&resp.body).expect("echo json");
+            echo["headers"]["cookie"].clone()
+        };
+        let url = format!("http://{addr}/echo");
+        let both = format!("app=1; {cookie}");
+        let seen = echoed(
+            request(&c, "GET", &url, &[("cookie", &both)], "")
+                .await
+                .expect("echo"),
+        );
+        let alone = echoed(
+            request(&c, "GET", &url, &[("cookie", &cookie)], "")
+                .await
+                .expect("echo"),
+        );
+        if forward {
+            assert_eq!(seen, serde_json::json!([both]));
+            assert_eq!(alone, serde_json::json!([cookie]));
+        } else {
+            assert_eq!(seen, serde_json::json!(["app=1"]));
+            assert_eq!(alone, serde_json::Value::Null, "no Cookie field left");
+        }
+        // Either way the cookie pinned: a hit, not a new pin.
+        let metrics = admin(&c, &r, "GET", "/metrics", "").await.body;
+        assert!(
+            metrics.contains(r#"remora_affinity_total{pool="app",outcome="hit",reason=""} 2"#),
+            "{metrics}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repin_after_pinned_backend_dies_without_client_error() {
     let (mut b1, mut b2) = (backend("b1"), backend("b2"));

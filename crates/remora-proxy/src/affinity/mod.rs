@@ -172,6 +172,9 @@ pub struct AffinityConfig {
     pub refresh_interval: Duration,
     /// Bounded loads for the repin target, percent (default 150, 0 = off).
     pub repin_balance_factor: u32,
+    /// Cookie: the affinity cookie also goes to the servers (default
+    /// false: [`Affinity::hidden_cookie`] keeps it from them).
+    pub forward_cookie: bool,
 }
 
 impl Default for AffinityConfig {
@@ -189,6 +192,7 @@ impl Default for AffinityConfig {
             secure_cookie: false,
             refresh_interval: Duration::from_secs(60),
             repin_balance_factor: 150,
+            forward_cookie: false,
         }
     }
 }
@@ -430,6 +434,13 @@ impl Affinity {
     /// The config.
     pub fn config(&self) -> &AffinityConfig {
         &self.cfg
+    }
+
+    /// The cookie Remora takes out of requests on their way to a server:
+    /// its own affinity cookie (mode `cookie`), unless `forward_cookie`.
+    pub fn hidden_cookie(&self) -> Option<&str> {
+        (self.cfg.mode == AffinityMode::Cookie && !self.cfg.forward_cookie)
+            .then_some(self.cfg.cookie.as_str())
     }
 
     /// Decides the servers for a request. With no affinity (or no key in

@@ -164,6 +164,7 @@ struct RawAffinity {
     table_size: Option<Spanned<u64>>,
     #[serde(default)]
     stateless: bool,
+    forward_cookie: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]
@@ -552,6 +553,12 @@ fn pool(ctx: &Ctx<'_>, p: &RawPool, name: String) -> Result<PoolConfig, ConfigEr
         affinity.ttl = ctx.opt_duration(&a.ttl, affinity.ttl)?;
         affinity.strict = a.strict;
         affinity.stateless = a.stateless;
+        if let Some(f) = &a.forward_cookie {
+            if affinity.mode != AffinityMode::Cookie {
+                return Err(ctx.at(f.span(), "forward_cookie applies to mode \"cookie\" only"));
+            }
+            affinity.forward_cookie = *f.get_ref();
+        }
         if let Some(t) = &a.table_size {
             if *t.get_ref() == 0 {
                 return Err(ctx.at(t.span(), "table_size must be at least 1"));
@@ -794,6 +801,26 @@ slow_start = "30s"
         ))
         .expect("valid");
         assert_eq!(c.listeners[0].limits.max_response_header_bytes, 2048);
+        let affinity = |mode: &str| {
+            BASE.replace(
+                "[pool.health]",
+                &format!(
+                    "[pool.affinity]\nmode = \"{mode}\"\nforward_cookie = true\n[pool.health]"
+                ),
+            )
+        };
+        let e = err(&affinity("source-ip"));
+        assert!(
+            e.starts_with("t.toml:15:18: forward_cookie applies to mode \"cookie\" only"),
+            "{e}"
+        );
+        let c = parse_str(&affinity("cookie")).expect("valid");
+        assert!(c.pools[0].affinity.forward_cookie);
+        assert!(
+            !parse_str(BASE).expect("valid").pools[0]
+                .affinity
+                .forward_cookie
+        );
     }
 
     #[test]
