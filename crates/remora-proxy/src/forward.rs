@@ -189,9 +189,11 @@ pub fn add_forwarding(h: &mut HeaderMap, fwd: &Forwarding, version: Version, hos
 /// as one line), then `Host` when the request has none (`host`, the
 /// authority the client asked for, else `default_host`). `Content-Length`
 /// and `Transfer-Encoding` are left out: the body is framed by the caller.
-/// Names go out as the client wrote them. `hidden_cookie`: the cookie
-/// of that name is taken out of the `Cookie` fields (a field left with no
-/// cookie is left out).
+/// Names go out as the client wrote them. The `Cookie` fields go out as
+/// one (RFC 9113 section 8.2.3: an HTTP/2 client may split its cookies
+/// over several fields, and RFC 6265 section 5.4 allows one to a server),
+/// without the cookie named `hidden_cookie`, and not at all when no cookie
+/// is left.
 pub fn write_request_fields(
     out: &mut Vec<u8>,
     h: ClientFields<'_>,
@@ -215,18 +217,20 @@ pub fn write_request_fields(
         hop_by_hop_name(name) || nominated.iter().any(|n| n.eq_ignore_ascii_case(name))
     };
     let mut has_host = false;
+    let mut cookie_name = None;
     for (name, value) in h.iter() {
         if dropped(name) || replaced_on_the_way(name) {
             continue;
         }
         has_host |= name.eq_ignore_ascii_case(b"host");
-        if let Some(hidden) = hidden_cookie
-            && name.eq_ignore_ascii_case(b"cookie")
-        {
-            write_cookie_without(out, name, value, hidden);
+        if name.eq_ignore_ascii_case(b"cookie") {
+            cookie_name.get_or_insert(name);
             continue;
         }
         write_field(out, name, value);
+    }
+    if let Some(name) = cookie_name {
+        write_cookies(out, name, h.get_all("cookie"), hidden_cookie);
     }
     let list = |out: &mut Vec<u8>, name: &'static str, item: &[u8]| {
         out.extend_from_slice(name.as_bytes());
@@ -274,57 +278,74 @@ fn may_hold(value: &[u8], name: &str) -> bool {
     !name.is_empty() && value.windows(name.len()).any(|w| w == name)
 }
 
-/// Writes the `Cookie` field `name: value` without the cookie `hidden`;
-/// nothing when no other cookie is left.
-fn write_cookie_without(out: &mut Vec<u8>, name: &[u8], value: &[u8], hidden: &str) {
-    if !may_hold(value, hidden) {
-        write_field(out, name, value);
-        return;
-    }
-    let mut pairs = cookies_without(value, hidden).peekable();
-    if pairs.peek().is_none() {
-        return;
-    }
+/// Writes the cookies of every `Cookie` field `values` as one field
+/// `name` (pairs joined by `"; "`), without the cookie `hidden`; nothing
+/// when no cookie is left.
+fn write_cookies<'a>(
+    out: &mut Vec<u8>,
+    name: &[u8],
+    values: impl Iterator<Item = &'a [u8]>,
+    hidden: Option<&str>,
+) {
+    let start = out.len();
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
-    for (i, pair) in pairs.enumerate() {
-        if i > 0 {
+    let first = out.len();
+    let push = |out: &mut Vec<u8>, cookies: &[u8]| {
+        if out.len() > first {
             out.extend_from_slice(b"; ");
         }
-        out.extend_from_slice(pair);
+        out.extend_from_slice(cookies);
+    };
+    for value in values {
+        match hidden {
+            Some(hidden) if may_hold(value, hidden) => {
+                for pair in cookies_without(value, hidden) {
+                    push(out, pair);
+                }
+            }
+            _ => {
+                let value = trim(value);
+                if !value.is_empty() {
+                    push(out, value);
+                }
+            }
+        }
     }
-    out.extend_from_slice(b"\r\n");
+    if out.len() == first {
+        out.truncate(start);
+    } else {
+        out.extend_from_slice(b"\r\n");
+    }
 }
 
-/// Takes the cookie `hidden` out of the `Cookie` fields of `h` (the map
-/// form of what [`write_request_fields`] does with `hidden_cookie`).
-pub fn hide_cookie(h: &mut HeaderMap, hidden: &str) {
-    if !h
-        .get_all(header::COOKIE)
-        .iter()
-        .any(|v| may_hold(v.as_bytes(), hidden))
-    {
+/// The map form of what [`write_request_fields`] does with the `Cookie`
+/// fields of `h`: one field, without the cookie `hidden`.
+pub fn join_cookies(h: &mut HeaderMap, hidden: Option<&str>) {
+    let count = h.get_all(header::COOKIE).iter().count();
+    let holds = |h: &HeaderMap| {
+        hidden.is_some_and(|name| {
+            h.get_all(header::COOKIE)
+                .iter()
+                .any(|v| may_hold(v.as_bytes(), name))
+        })
+    };
+    if count == 0 || (count == 1 && !holds(h)) {
         return;
     }
-    let kept: Vec<HeaderValue> = h
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| {
-            let mut joined = Vec::new();
-            for (i, pair) in cookies_without(v.as_bytes(), hidden).enumerate() {
-                if i > 0 {
-                    joined.extend_from_slice(b"; ");
-                }
-                joined.extend_from_slice(pair);
-            }
-            HeaderValue::from_bytes(&joined)
-                .ok()
-                .filter(|_| !joined.is_empty())
-        })
-        .collect();
+    let mut line = Vec::new();
+    write_cookies(
+        &mut line,
+        b"cookie",
+        h.get_all(header::COOKIE).iter().map(HeaderValue::as_bytes),
+        hidden,
+    );
     h.remove(header::COOKIE);
-    for v in kept {
-        h.append(header::COOKIE, v);
+    let joined = line
+        .strip_prefix(b"cookie: ".as_slice())
+        .and_then(|l| l.strip_suffix(b"\r\n".as_slice()));
+    if let Some(v) = joined.and_then(|v| HeaderValue::from_bytes(v).ok()) {
+        h.insert(header::COOKIE, v);
     }
 }
 
@@ -735,13 +756,48 @@ mod tests {
         let mut h = HeaderMap::new();
         h.append(header::COOKIE, HeaderValue::from_static("AFF=x"));
         h.append(header::COOKIE, HeaderValue::from_static("a=1; AFF=y; b=2"));
-        hide_cookie(&mut h, "AFF");
+        join_cookies(&mut h, Some("AFF"));
         let left: Vec<_> = h.get_all(header::COOKIE).iter().collect();
         assert_eq!(left, ["a=1; b=2"]);
         let mut h = HeaderMap::new();
         h.append(header::COOKIE, HeaderValue::from_static("AFF=x"));
-        hide_cookie(&mut h, "AFF");
+        join_cookies(&mut h, Some("AFF"));
         assert!(h.get(header::COOKIE).is_none());
+    }
+
+    #[test]
+    fn cookie_fields_go_to_the_server_as_one() {
+        // An HTTP/2 client's cookies split over several fields
+        // (RFC 9113 section 8.2.3).
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_static("a=1"));
+        h.append(header::HOST, HeaderValue::from_static("shop.test"));
+        h.append(header::COOKIE, HeaderValue::from_static("b=2; c=3"));
+        let fwd = Forwarding::new(&ClientInfo {
+            addr: "203.0.113.7:5000".parse().unwrap(),
+            tls: true,
+        });
+        let mut out = Vec::new();
+        write_request_fields(
+            &mut out,
+            ClientFields::Map(&h),
+            &fwd,
+            Version::HTTP_2,
+            None,
+            "10.0.0.1:80",
+            None,
+        );
+        let text = String::from_utf8(out).unwrap();
+        let cookies: Vec<_> = text.lines().filter(|l| l.starts_with("cookie")).collect();
+        assert_eq!(cookies, ["cookie: a=1; b=2; c=3"], "{text}");
+        join_cookies(&mut h, None);
+        let left: Vec<_> = h.get_all(header::COOKIE).iter().collect();
+        assert_eq!(left, ["a=1; b=2; c=3"]);
+        // One field without the hidden cookie is left as it is.
+        let mut one = HeaderMap::new();
+        one.append(header::COOKIE, HeaderValue::from_static("a=1;  b=2"));
+        join_cookies(&mut one, Some("AFF"));
+        assert_eq!(one.get(header::COOKIE).unwrap(), "a=1;  b=2");
     }
 
     #[test]

@@ -96,9 +96,7 @@ pub async fn proxy<B>(
     let (mut parts, _) = req.into_parts();
     let upgrade = parts.headers.get(header::UPGRADE).cloned();
     strip_hop_by_hop(&mut parts.headers);
-    if let Some(hidden) = pool.affinity.hidden_cookie() {
-        forward::hide_cookie(&mut parts.headers, hidden);
-    }
+    forward::join_cookies(&mut parts.headers, pool.affinity.hidden_cookie());
     add_forwarding(
         &mut parts.headers,
         &ctx.forwarding,

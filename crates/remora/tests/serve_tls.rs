@@ -123,6 +123,20 @@ async fn tls_h2_via_alpn_with_secure_cookie() {
         assert!(body.contains("\"x-forwarded-proto\":[\"https\"]"), "{body}");
         assert!(body.contains("2 remora"), "Via names HTTP/2: {body}");
     }
+    // Cookies split over several HTTP/2 fields reach the server as one
+    // field, without the affinity cookie.
+    let req = http::Request::builder()
+        .uri(format!("https://localhost:{}/echo", addr.port()))
+        .header("cookie", "a=1")
+        .header("cookie", cookie.as_deref().expect("pinned"))
+        .header("cookie", "b=2")
+        .body(Empty::<Bytes>::new())
+        .expect("request");
+    let resp = sender.send_request(req).await.expect("h2 response");
+    assert!(resp.headers().get("set-cookie").is_none(), "still pinned");
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    let body = String::from_utf8_lossy(&body);
+    assert!(body.contains("\"cookie\":[\"a=1; b=2\"]"), "{body}");
     drop(r);
 }
 
