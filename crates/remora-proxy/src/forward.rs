@@ -290,6 +290,20 @@ fn write_cookies<'a>(
     let start = out.len();
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
+    if push_cookies(out, values, hidden) {
+        out.extend_from_slice(b"\r\n");
+    } else {
+        out.truncate(start);
+    }
+}
+
+/// Appends the cookies of `values`, joined by `"; "`, without the cookie
+/// `hidden`; `false`: there was none to append.
+fn push_cookies<'a>(
+    out: &mut Vec<u8>,
+    values: impl Iterator<Item = &'a [u8]>,
+    hidden: Option<&str>,
+) -> bool {
     let first = out.len();
     let push = |out: &mut Vec<u8>, cookies: &[u8]| {
         if out.len() > first {
@@ -312,39 +326,21 @@ fn write_cookies<'a>(
             }
         }
     }
-    if out.len() == first {
-        out.truncate(start);
-    } else {
-        out.extend_from_slice(b"\r\n");
-    }
+    out.len() > first
 }
 
 /// The map form of what [`write_request_fields`] does with the `Cookie`
 /// fields of `h`: one field, without the cookie `hidden`.
 pub fn join_cookies(h: &mut HeaderMap, hidden: Option<&str>) {
-    let count = h.get_all(header::COOKIE).iter().count();
-    let holds = |h: &HeaderMap| {
-        hidden.is_some_and(|name| {
-            h.get_all(header::COOKIE)
-                .iter()
-                .any(|v| may_hold(v.as_bytes(), name))
-        })
-    };
-    if count == 0 || (count == 1 && !holds(h)) {
+    let values = || h.get_all(header::COOKIE).iter().map(HeaderValue::as_bytes);
+    let holds_hidden = hidden.is_some_and(|name| values().any(|v| may_hold(v, name)));
+    if values().count() <= 1 && !holds_hidden {
         return;
     }
-    let mut line = Vec::new();
-    write_cookies(
-        &mut line,
-        b"cookie",
-        h.get_all(header::COOKIE).iter().map(HeaderValue::as_bytes),
-        hidden,
-    );
+    let mut joined = Vec::new();
+    let any = push_cookies(&mut joined, values(), hidden);
     h.remove(header::COOKIE);
-    let joined = line
-        .strip_prefix(b"cookie: ".as_slice())
-        .and_then(|l| l.strip_suffix(b"\r\n".as_slice()));
-    if let Some(v) = joined.and_then(|v| HeaderValue::from_bytes(v).ok()) {
+    if let Some(v) = any.then(|| HeaderValue::from_bytes(&joined).ok()).flatten() {
         h.insert(header::COOKIE, v);
     }
 }
@@ -694,21 +690,27 @@ mod tests {
             format!("Host: shop.test\r\nCookie: a=1\r\n{merged}")
         );
         // No Host: the authority asked for, else the server's address.
+        let text = h2_wire(&HeaderMap::new(), &fwd);
+        assert!(
+            text.ends_with("via: 2 remora\r\nhost: 10.0.0.1:80\r\n"),
+            "{text}"
+        );
+    }
+
+    /// What goes to the server for an HTTP/2 request with fields `h` and no
+    /// authority.
+    fn h2_wire(h: &HeaderMap, fwd: &Forwarding) -> String {
         let mut out = Vec::new();
         write_request_fields(
             &mut out,
-            ClientFields::Map(&HeaderMap::new()),
-            &fwd,
+            ClientFields::Map(h),
+            fwd,
             Version::HTTP_2,
             None,
             "10.0.0.1:80",
             None,
         );
-        let text = String::from_utf8(out).unwrap();
-        assert!(
-            text.ends_with("via: 2 remora\r\nhost: 10.0.0.1:80\r\n"),
-            "{text}"
-        );
+        String::from_utf8(out).unwrap()
     }
 
     #[test]
@@ -777,17 +779,7 @@ mod tests {
             addr: "203.0.113.7:5000".parse().unwrap(),
             tls: true,
         });
-        let mut out = Vec::new();
-        write_request_fields(
-            &mut out,
-            ClientFields::Map(&h),
-            &fwd,
-            Version::HTTP_2,
-            None,
-            "10.0.0.1:80",
-            None,
-        );
-        let text = String::from_utf8(out).unwrap();
+        let text = h2_wire(&h, &fwd);
         let cookies: Vec<_> = text.lines().filter(|l| l.starts_with("cookie")).collect();
         assert_eq!(cookies, ["cookie: a=1; b=2; c=3"], "{text}");
         join_cookies(&mut h, None);

@@ -239,26 +239,11 @@ pub async fn proxy<B>(
             // it has written the 101 (see `h1`).
             let (tx, client_stream) = tokio::sync::oneshot::channel();
             *ctx.upgrade.lock() = Some(tx);
-            tokio::spawn(async move {
-                let _guard = tunnel_guard;
-                let (mut c, s) = match tokio::join!(client_stream, server_upgrade) {
-                    (Ok(c), Ok(s)) => (c, s),
-                    _ => return,
-                };
-                let mut s = TokioIo::new(s);
-                let _ = tokio::io::copy_bidirectional(&mut c, &mut s).await;
-            });
+            tokio::spawn(splice(client_stream, server_upgrade, tunnel_guard));
         }
         Some(client_stream) => {
-            tokio::spawn(async move {
-                let _guard = tunnel_guard;
-                let (c, s) = match tokio::join!(client_stream, server_upgrade) {
-                    (Ok(c), Ok(s)) => (c, s),
-                    _ => return,
-                };
-                let (mut c, mut s) = (TokioIo::new(c), TokioIo::new(s));
-                let _ = tokio::io::copy_bidirectional(&mut c, &mut s).await;
-            });
+            let client_stream = async { client_stream.await.map(TokioIo::new) };
+            tokio::spawn(splice(client_stream, server_upgrade, tunnel_guard));
             // RFC 8441 section 5: `200`, no `Upgrade`, no accept key.
             rp.status = StatusCode::OK;
             strip_hop_by_hop(&mut rp.headers);
@@ -266,6 +251,21 @@ pub async fn proxy<B>(
         }
     }
     Response::from_parts(rp, forward::empty())
+}
+
+/// Once both sides have switched protocols, copies between them until
+/// either ends; `_guard` counts the tunnel as the server's connection.
+async fn splice<C, E, G>(
+    client: impl Future<Output = Result<C, E>>,
+    server: hyper::upgrade::OnUpgrade,
+    _guard: G,
+) where
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    if let (Ok(mut c), Ok(s)) = tokio::join!(client, server) {
+        let mut s = TokioIo::new(s);
+        let _ = tokio::io::copy_bidirectional(&mut c, &mut s).await;
+    }
 }
 
 #[cfg(test)]
