@@ -66,6 +66,28 @@ impl ConnCtx {
         self.watch.is_some()
     }
 
+    /// The affinity `Set-Cookie` for the response of server `served` of
+    /// `pool` ([`crate::affinity::Affinity::on_response`]). A refresh is
+    /// noted in the connection's opened cookie, so a client that ignores it
+    /// is not refreshed (resealed) again on its next request.
+    pub fn affinity_on_response(
+        &self,
+        pool: &Arc<Pool>,
+        decision: &Decision,
+        served: usize,
+        resp_fields: &impl crate::affinity::app_cookie::SetCookies,
+    ) -> Option<HeaderValue> {
+        let now = SystemTime::now();
+        let mut memo = self.opened_cookie.lock();
+        let mut fresh = OpenedCookie::default();
+        let opened = match memo.as_mut() {
+            Some((p, opened)) if Arc::ptr_eq(p, pool) => opened,
+            _ => &mut fresh,
+        };
+        pool.affinity
+            .on_response_with(decision, served, pool.entries(), resp_fields, now, opened)
+    }
+
     /// A context for a connection accepted on `listen` from `client`, with
     /// nothing in flight, no kept server connection and no cached counters.
     /// `watched`: an HTTP/1.1 connection, whose quiet timer enforces the
@@ -537,13 +559,8 @@ async fn forward_with_retries<B: RequestBody>(
                 } else {
                     server.record_success();
                 }
-                let set_cookie = pool.affinity.on_response(
-                    &decision,
-                    server.index,
-                    pool.entries(),
-                    &answer.fields,
-                    SystemTime::now(),
-                );
+                let set_cookie =
+                    ctx.affinity_on_response(pool, &decision, server.index, &answer.fields);
                 let body = answer.body.with_guard(guard).boxed();
                 let mut resp = Response::new(body);
                 *resp.status_mut() = answer.status;

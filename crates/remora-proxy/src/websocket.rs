@@ -12,7 +12,7 @@
 //! server's other fields (subprotocol, extensions, the affinity cookie).
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use base64::Engine;
 use http::header::{self, HeaderValue};
@@ -197,13 +197,7 @@ pub async fn proxy<B>(
     };
     server.live.stats.observe_latency(t0.elapsed());
     server.record_success();
-    let set_cookie = pool.affinity.on_response(
-        &decision,
-        server.index,
-        pool.entries(),
-        resp.headers(),
-        SystemTime::now(),
-    );
+    let set_cookie = ctx.affinity_on_response(pool, &decision, server.index, resp.headers());
     if key.is_some() && resp.status().is_success() {
         // A 2xx would tell an HTTP/2 client that the tunnel is open.
         tracing::debug!(server = %server.name(), status = %resp.status(), "WebSocket server did not switch protocols");

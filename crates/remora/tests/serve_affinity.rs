@@ -8,6 +8,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::BodyExt;
+
 use serve_support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -111,6 +114,102 @@ async fn affinity_cookie_is_kept_from_servers_unless_forwarded() {
             "{metrics}"
         );
     }
+}
+
+/// A client that keeps sending an affinity cookie it was told to refresh
+/// (an API client, a load tool with a fixed `Cookie`) gets one refresh per
+/// connection and minute, not a reseal on every request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ignored_refresh_is_not_repeated_on_the_same_connection() {
+    use http_body_util::Empty;
+    use hyper_util::rt::TokioIo;
+    use remora_proxy::affinity::cookie::{self, CookieRecord};
+    use remora_seal::{Key, Keyring, Purpose, Sealer};
+
+    let b1 = backend("b1");
+    let (addr, adm) = (free_addr(), free_addr());
+    let key = remora_seal::generate_key_b64();
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("remora.keys"), format!("{key}\n")).expect("keys");
+    let text = format!(
+        "[keys]\nfile = \"remora.keys\"\n{}",
+        config(
+            addr,
+            adm,
+            // No idle park between this test's requests, however slow.
+            "[listener.limits]\npark_after = \"1h\"",
+            COOKIE_POOL,
+            &servers_toml(&[&b1])
+        )
+    );
+    let r = start_in(dir, &text, addr, adm);
+    // A cookie pinning b1, last refreshed two minutes ago.
+    let ring = Keyring::from_keys(vec![Key::from_b64(&key).expect("key")]).expect("keyring");
+    let sealer = Sealer::new(&ring, Purpose::Affinity);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let record = CookieRecord {
+        id: 7,
+        issued: now - 120,
+        last_seen: now - 120,
+        server: "b1".into(),
+    };
+    let old = format!(
+        "REMORA_AFFINITY={}",
+        record.seal(&sealer, &cookie::aad("REMORA_AFFINITY", "app"))
+    );
+    // Requests on one connection, each with that cookie: whether the
+    // answer refreshed it.
+    let on_one_connection = |n: usize| {
+        let old = old.clone();
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+                .await
+                .expect("handshake");
+            tokio::spawn(conn);
+            let mut refreshed = Vec::new();
+            for _ in 0..n {
+                let req = http::Request::builder()
+                    .uri("/whoami")
+                    .header("host", "app")
+                    .header("cookie", &old)
+                    .body(Empty::<Bytes>::new())
+                    .expect("request");
+                sender.ready().await.expect("connection ready");
+                let resp = sender.send_request(req).await.expect("response");
+                assert_eq!(resp.status(), 200);
+                refreshed.push(
+                    resp.headers()
+                        .get_all("set-cookie")
+                        .iter()
+                        .any(|v| v.to_str().is_ok_and(|v| v.starts_with("REMORA_AFFINITY="))),
+                );
+                let body = resp.into_body().collect().await.expect("body").to_bytes();
+                assert_eq!(&body[..], b"b1", "left its pinned server");
+            }
+            refreshed
+        }
+    };
+    // The first answer parks the connection (nothing more was sent yet),
+    // and a parked connection keeps no context: the second request starts
+    // a fresh one, which opens and refreshes the cookie once more. From
+    // then on the connection remembers its refresh.
+    assert_eq!(
+        on_one_connection(5).await,
+        [true, true, false, false, false]
+    );
+    // Another connection with that cookie: refreshed again, as the cookie
+    // still says two minutes.
+    assert_eq!(on_one_connection(3).await, [true, true, false]);
+    let c = client();
+    let metrics = admin(&c, &r, "GET", "/metrics", "").await.body;
+    assert!(
+        metrics.contains(r#"remora_affinity_total{pool="app",outcome="hit",reason=""} 8"#),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -385,6 +385,22 @@ impl OpenedCookie {
             _ => None,
         }
     }
+
+    /// Notes that the remembered record was refreshed to `refreshed` (same
+    /// client id and server, a later last-seen time): the same value again
+    /// on this connection counts as seen then. A client that ignores the
+    /// refreshed `Set-Cookie` (an API client or a load tool with a fixed
+    /// `Cookie`) is then refreshed once per `refresh_interval`, not on
+    /// every request, and is not expired by `max_idle` while it keeps
+    /// using the connection.
+    fn note_refresh(&mut self, refreshed: &CookieRecord) {
+        if let Some((_, r)) = &mut self.0
+            && r.id == refreshed.id
+            && r.server == refreshed.server
+        {
+            r.last_seen = r.last_seen.max(refreshed.last_seen);
+        }
+    }
 }
 
 /// Affinity of one pool: config, sealer (`Purpose::Affinity`) and stick
@@ -728,6 +744,29 @@ impl Affinity {
         resp_headers: &impl app_cookie::SetCookies,
         now: SystemTime,
     ) -> Option<HeaderValue> {
+        self.on_response_with(
+            decision,
+            served,
+            servers,
+            resp_headers,
+            now,
+            &mut OpenedCookie::default(),
+        )
+    }
+
+    /// [`Affinity::on_response`] for a request resolved with
+    /// [`Affinity::resolve_with`] and the same `opened`: a refresh is noted
+    /// there, so the same cookie value again on this connection is not
+    /// refreshed again before `refresh_interval` has passed.
+    pub fn on_response_with(
+        &self,
+        decision: &Decision,
+        served: usize,
+        servers: &[ServerEntry],
+        resp_headers: &impl app_cookie::SetCookies,
+        now: SystemTime,
+        opened: &mut OpenedCookie,
+    ) -> Option<HeaderValue> {
         if decision.refused {
             return None;
         }
@@ -741,10 +780,12 @@ impl Affinity {
                         if now.saturating_sub(r.last_seen) < self.cfg.refresh_interval.as_secs() {
                             return None;
                         }
-                        CookieRecord {
+                        let refreshed = CookieRecord {
                             last_seen: now,
                             ..r.clone()
-                        }
+                        };
+                        opened.note_refresh(&refreshed);
+                        refreshed
                     }
                     _ => CookieRecord {
                         id: old.as_ref().map_or_else(rand::random, |r| r.id),

@@ -75,6 +75,34 @@ impl Pool {
         (d, sc)
     }
 
+    /// [`Pool::request`] on a client connection whose opened cookie is
+    /// `opened` (`resolve_with`, `on_response_with`).
+    fn request_on(
+        &self,
+        req: &Req,
+        now: u64,
+        opened: &mut OpenedCookie,
+    ) -> (Decision, Option<HeaderValue>) {
+        let d = self.affinity.resolve_with(
+            &req.key(),
+            &self.servers,
+            &self.elig,
+            &*self.selector,
+            at(now),
+            opened,
+        );
+        let served = d.server().expect("a server");
+        let sc = self.affinity.on_response_with(
+            &d,
+            served,
+            &self.servers,
+            &HeaderMap::new(),
+            at(now),
+            opened,
+        );
+        (d, sc)
+    }
+
     fn index(&self, name: &str) -> usize {
         self.servers
             .iter()
@@ -178,6 +206,47 @@ fn cookie_refresh_at_most_once_a_minute_and_idle_expiry() {
     let (d3, sc3) = p.request(&with_cookie(&sc), T0 + 601);
     assert_eq!(d3.outcome(), Some(Outcome::Expired));
     assert!(sc3.is_some());
+}
+
+#[test]
+fn a_connection_that_ignores_the_refresh_is_refreshed_once_a_minute() {
+    let p = Pool::new(AffinityMode::Cookie, |c| {
+        c.max_idle = Some(Duration::from_secs(600));
+    });
+    let (d, sc) = p.request(&Req::new(), T0);
+    let pinned = d.server();
+    let old = with_cookie(&sc.expect("cookie"));
+    // One connection keeps sending the cookie of T0, ignoring refreshes.
+    let mut conn = OpenedCookie::default();
+    assert!(p.request_on(&old, T0 + 30, &mut conn).1.is_none());
+    assert!(p.request_on(&old, T0 + 60, &mut conn).1.is_some());
+    for t in [T0 + 61, T0 + 90, T0 + 119] {
+        let (d, sc) = p.request_on(&old, t, &mut conn);
+        assert_eq!((d.outcome(), d.server()), (Some(Outcome::Hit), pinned));
+        assert!(sc.is_none(), "refreshed again at {t}");
+    }
+    assert!(p.request_on(&old, T0 + 120, &mut conn).1.is_some());
+    // Another connection with the same cookie: refreshed, as without
+    // the memo.
+    assert!(
+        p.request_on(&old, T0 + 121, &mut OpenedCookie::default())
+            .1
+            .is_some()
+    );
+    // Kept in use on its connection, the client stays pinned past the
+    // sealed idle limit; elsewhere that cookie has expired.
+    for k in 3..=11 {
+        let (d, _) = p.request_on(&old, T0 + k * 60, &mut conn);
+        assert_eq!((d.outcome(), d.server()), (Some(Outcome::Hit), pinned));
+    }
+    let (d, _) = p.request_on(&old, T0 + 660, &mut OpenedCookie::default());
+    assert_eq!(d.outcome(), Some(Outcome::Expired));
+    // A connection that takes the new cookie opens it and goes on.
+    let (_, sc) = p.request_on(&old, T0 + 720, &mut conn);
+    let new = with_cookie(&sc.expect("refresh"));
+    let (d, sc) = p.request_on(&new, T0 + 721, &mut conn);
+    assert_eq!((d.outcome(), d.server()), (Some(Outcome::Hit), pinned));
+    assert!(sc.is_none());
 }
 
 #[test]
