@@ -67,12 +67,7 @@ impl Pool {
     /// Resolve and answer from the first candidate; returns the decision
     /// and the Set-Cookie.
     fn request(&self, req: &Req, now: u64) -> (Decision, Option<HeaderValue>) {
-        let d = self.resolve(req, now);
-        let served = d.server().expect("a server");
-        let sc = self
-            .affinity
-            .on_response(&d, served, &self.servers, &HeaderMap::new(), at(now));
-        (d, sc)
+        self.request_on(req, now, &mut OpenedCookie::default())
     }
 
     /// [`Pool::request`] on a client connection whose opened cookie is
