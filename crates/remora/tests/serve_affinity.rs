@@ -13,6 +13,14 @@ use http_body_util::BodyExt;
 
 use serve_support::*;
 
+/// Asserts that pool "app" counted `n` affinity hits; returns the metrics.
+async fn assert_hits(c: &HttpClient, r: &Remora, n: u64) -> String {
+    let metrics = admin(c, r, "GET", "/metrics", "").await.body;
+    let line = format!(r#"remora_affinity_total{{pool="app",outcome="hit",reason=""}} {n}"#);
+    assert!(metrics.contains(&line), "want {line}:\n{metrics}");
+    metrics
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sticky_over_50_requests_and_spread_without_cookie() {
     let (b1, b2, b3) = (
@@ -53,11 +61,7 @@ async fn sticky_over_50_requests_and_spread_without_cookie() {
     let resp = whoami(&c, &r, Some(&tampered)).await;
     assert_eq!(resp.status, 200);
     assert!(resp.affinity_cookie().is_some());
-    let metrics = admin(&c, &r, "GET", "/metrics", "").await.body;
-    assert!(
-        metrics.contains(r#"remora_affinity_total{pool="app",outcome="hit",reason=""} 50"#),
-        "{metrics}"
-    );
+    let metrics = assert_hits(&c, &r, 50).await;
     assert!(metrics.contains(r#"outcome="invalid""#), "{metrics}");
 }
 
@@ -108,11 +112,7 @@ async fn affinity_cookie_is_kept_from_servers_unless_forwarded() {
             assert_eq!(alone, serde_json::Value::Null, "no Cookie field left");
         }
         // Either way the cookie pinned: a hit, not a new pin.
-        let metrics = admin(&c, &r, "GET", "/metrics", "").await.body;
-        assert!(
-            metrics.contains(r#"remora_affinity_total{pool="app",outcome="hit",reason=""} 2"#),
-            "{metrics}"
-        );
+        assert_hits(&c, &r, 2).await;
     }
 }
 
@@ -205,11 +205,7 @@ async fn an_ignored_refresh_is_not_repeated_on_the_same_connection() {
     // still says two minutes.
     assert_eq!(on_one_connection(3).await, [true, true, false]);
     let c = client();
-    let metrics = admin(&c, &r, "GET", "/metrics", "").await.body;
-    assert!(
-        metrics.contains(r#"remora_affinity_total{pool="app",outcome="hit",reason=""} 8"#),
-        "{metrics}"
-    );
+    assert_hits(&c, &r, 8).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
