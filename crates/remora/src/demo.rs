@@ -19,6 +19,8 @@ use crate::demo_app::StoreKind;
 
 /// How long a crashed shop stays down before the demo restarts it.
 const RESTART_AFTER: Duration = Duration::from_secs(5);
+/// How long the balancer waits for the shops to listen before it starts.
+const SHOPS_START_WITHIN: Duration = Duration::from_secs(10);
 
 /// Arguments of `remora demo`.
 #[derive(clap::Args, Debug)]
@@ -196,6 +198,9 @@ async fn demo(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             ))
         })
         .collect();
+    // The balancer's first health checks then find the shops up, rather
+    // than logging each as down for the half second a shop takes to start.
+    wait_for_shops(&p.shops, SHOPS_START_WITHIN).await;
     println!();
     println!("  Remora demo: http://127.0.0.1:{}/", args.port);
     println!("  1. Open it, add a few items to the cart, and note which server answered.");
@@ -210,6 +215,26 @@ async fn demo(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         let _ = s.await; // dropping the child kills it
     }
     result.map_err(|e| e.into())
+}
+
+/// Waits until every shop accepts connections, for at most `limit` in all;
+/// a shop still not listening then is left to the health checks (which log
+/// it as down until it is).
+async fn wait_for_shops(shops: &[(String, u16)], limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    for (name, port) in shops {
+        while tokio::net::TcpStream::connect(("127.0.0.1", *port))
+            .await
+            .is_err()
+        {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(server = %name, "shop server not listening yet; starting the balancer anyway");
+                break;
+            }
+            // A child process gives no signal when it listens: poll.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 /// The arguments every shop gets besides its name and port.
